@@ -1,0 +1,1 @@
+"""Built-in datasets, one file each (installed as mmbench.datasets)."""

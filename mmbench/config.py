@@ -1,0 +1,290 @@
+"""The typed run config: defaults < dataset defaults < method profile < YAML < --set.
+
+Every key is validated: an unknown key or a value of the wrong type fails with one line
+that names the key and the valid choices. The resolved config is hashed into the run_id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmbench import ENGINE_VERSION, RESULT_SCHEMA_VERSION
+from mmbench.registry import DATASETS, METHODS, normalize
+
+
+class ConfigError(ValueError):
+    """A config key or value is invalid; the message is one line for the user."""
+
+
+Profile = Literal["benchmark", "official"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what one training run computes (plus two execution knobs)."""
+
+    method: str = "joint"
+    dataset: str = "synthetic"
+    seed: int = 0
+    profile: Profile = "benchmark"
+    epochs: int = 100
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int = 70
+    lr_gamma: float = 0.1
+    encoder: Literal["resnet18", "small_cnn"] = "resnet18"
+    encoder_width: int = 32
+    fusion: Literal["concat", "sum", "film", "gated"] = "concat"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    bf16: bool = False
+    channels_last: bool = False
+    deterministic: bool = True
+    # Execution only: recorded with the results but not part of the run's identity.
+    device: str = "auto"
+    num_threads: int = 0
+    hparams: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that decides the numbers (hashed into run_id)."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+
+    def code_version(self) -> str:
+        method = METHODS.get(self.method)
+        dataset = DATASETS.get(self.dataset)
+        return f"engine{ENGINE_VERSION}/{method.name}@{method.version}/{dataset.name}@{dataset.version}"
+
+    @property
+    def run_id(self) -> str:
+        payload = {
+            "config": self.identity(),
+            "schema": RESULT_SCHEMA_VERSION,
+            "code": self.code_version(),
+        }
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+EXECUTION_KEYS = frozenset({"device", "num_threads"})
+FIXED_KEYS = frozenset({"method", "dataset", "seed", "hparams", "data"})
+CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in FIXED_KEYS}
+_CORE_TYPES = typing.get_type_hints(RunConfig)
+SEED_KEYS = frozenset({"seeds", "method", "dataset"})
+
+
+def _choices_of(annotation: Any) -> tuple | None:
+    return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+
+
+def coerce(key: str, value: Any, default: Any, choices: tuple | None = None) -> Any:
+    """Convert `value` (a string from --set, or a YAML scalar) to the type of `default`."""
+    expected = type(default)
+    try:
+        if isinstance(default, bool):
+            value = _to_bool(value)
+        elif isinstance(default, int):
+            value = _to_int(value)
+        elif isinstance(default, float):
+            value = float(value) if not isinstance(value, bool) else _bad()
+        elif isinstance(default, str):
+            value = str(value) if isinstance(value, (str, int, float)) else _bad()
+        elif default is None or isinstance(default, (list, tuple, dict)):
+            value = yaml.safe_load(value) if isinstance(value, str) else value
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{key}={value!r} is not a valid {expected.__name__}"
+            + (f"; choices: {', '.join(map(str, choices))}" if choices else "")
+        ) from None
+    if choices and value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed; choices: {', '.join(map(str, choices))}")
+    return value
+
+
+def _bad() -> Any:
+    raise TypeError
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes", "on"}:
+        return True
+    if text in {"false", "0", "no", "off"}:
+        return False
+    raise ValueError
+
+
+def _to_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError
+        return int(value)
+    return int(str(value).strip())
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    """`["alpha=0.5", "epochs=3"]` -> {"alpha": "0.5", "epochs": "3"}."""
+    parsed: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set lr=0.01")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def load_yaml(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of keys to values at the top level")
+    # Nested `hparams:` / `data:` sections are the same keys as flat ones.
+    flat = {k: v for k, v in loaded.items() if k not in ("hparams", "data")}
+    for section in ("hparams", "data"):
+        nested = loaded.get(section) or {}
+        if not isinstance(nested, dict):
+            raise ConfigError(f"--config {path}: `{section}` must be a mapping")
+        flat.update({f"{section}.{k}": v for k, v in nested.items()})
+    return flat
+
+
+def _profile_overrides(method_cls: type, profile: str, dataset: str) -> dict[str, Any]:
+    if profile == "benchmark":
+        return dict(method_cls.profiles.get("benchmark", {}).get(dataset, {}))
+    table = method_cls.profiles.get(profile)
+    if table is None:
+        raise ConfigError(f"--profile {profile}: method {method_cls.name} has no such profile; "
+                          f"choices: benchmark, {', '.join(method_cls.profiles) or '(none)'}")
+    if dataset not in table:
+        raise ConfigError(
+            f"--profile {profile}: method {method_cls.name} has no {profile} settings for dataset "
+            f"{dataset} (its paper did not run it); use --profile benchmark"
+        )
+    return dict(table[dataset])
+
+
+def resolve(
+    method: str,
+    dataset: str,
+    seed: int = 0,
+    profile: str = "benchmark",
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge every layer and validate. `overrides` = YAML values, then --set values, in order."""
+    method_cls = METHODS.get(method)
+    dataset_cls = DATASETS.get(dataset)
+    profile = coerce("profile", profile, "benchmark", _choices_of(_CORE_TYPES["profile"]))
+    core = {name: f.default for name, f in CORE_FIELDS.items() if f.default is not dataclasses.MISSING}
+    core["profile"] = profile
+    hparams = dict(method_cls.hparams)
+    hparams.update(method_cls.dataset_hparams.get(dataset_cls.name, {}))
+    data = dict(dataset_cls.params)
+
+    layers = [
+        ("dataset defaults", dataset_cls.defaults),
+        (f"{profile} profile", _profile_overrides(method_cls, profile, dataset_cls.name)),
+        ("override", overrides or {}),
+    ]
+    for _, layer in layers:
+        for key, value in layer.items():
+            _apply(key, value, core, hparams, data, method_cls, dataset_cls)
+
+    cfg = RunConfig(method=method_cls.name, dataset=dataset_cls.name, seed=_to_int(seed),
+                    hparams=hparams, data=data, **core)
+    method_cls.check_config(cfg)
+    dataset_cls.check_config(cfg)
+    return cfg
+
+
+def _apply(key: str, value: Any, core: dict, hparams: dict, data: dict, method_cls: type,
+           dataset_cls: type) -> None:
+    section, _, bare = key.rpartition(".")
+    if section and section not in ("hparams", "method", "data", "dataset"):
+        if normalize(section) not in METHODS.names():
+            raise ConfigError(f"unknown key {key!r}: a prefix is a method name, method., hparams. or data.")
+        if normalize(section) != method_cls.name:
+            return  # a setting for another method of the same command
+        section = "method"
+    if section == "" and bare in CORE_FIELDS:
+        core[bare] = coerce(bare, value, CORE_FIELDS[bare].default, _choices_of(_CORE_TYPES[bare]))
+    elif section in ("", "hparams", "method") and bare in method_cls.hparams:
+        hparams[bare] = coerce(bare, value, method_cls.hparams[bare], method_cls.choices.get(bare))
+    elif section in ("", "data", "dataset") and bare in dataset_cls.params:
+        data[bare] = coerce(bare, value, dataset_cls.params[bare], dataset_cls.choices.get(bare))
+    else:
+        valid = sorted(set(CORE_FIELDS) | set(method_cls.hparams) | set(dataset_cls.params))
+        close = difflib.get_close_matches(bare, valid, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ConfigError(
+            f"unknown key {key!r} for method {method_cls.name} on dataset {dataset_cls.name}: "
+            f"{hint}valid keys: {', '.join(valid)}"
+        )
+
+
+def expand(
+    methods: list[str],
+    dataset: str,
+    seeds: list[int],
+    profile: str,
+    overrides: dict[str, Any],
+) -> list[RunConfig]:
+    """One resolved config per (method, seed), methods in the order given. With several
+    methods, a bare hyperparameter goes to the methods that have it (or use `method.key`)."""
+    configs = []
+    for method in methods:
+        others = {k for m in methods if m != method for k in METHODS.get(m).hparams}
+        own = set(METHODS.get(method).hparams) | set(CORE_FIELDS) | set(DATASETS.get(dataset).params)
+        mine = {k: v for k, v in overrides.items() if k in own or k not in others}
+        configs += [resolve(method, dataset, s, profile, mine) for s in seeds]
+    return configs
+
+
+def parse_seeds(text: str | list | int) -> list[int]:
+    """`"0,1,2"`, `"0-4"`, `[0, 1]` or `3` -> a list of distinct seeds."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return [text]
+    items = text if isinstance(text, list) else str(text).replace(" ", "").split(",")
+    seeds: list[int] = []
+    for item in items:
+        try:
+            if isinstance(item, str) and "-" in item.strip("-"):
+                lo, hi = item.split("-")
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(item))
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r}: expected integers like 0,1,2 or a range 0-4") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: give at least one seed and no seed twice")
+    return seeds
+
+
+def normalized_names(text: str) -> list[str]:
+    return [normalize(n) for n in text.split(",") if n.strip()]

@@ -1,0 +1,125 @@
+"""The dataset contract: tensors in memory (or memory-mapped), batches, splits.
+
+A dataset adapter turns its source into a `Splits` of `TensorSplit`s: audio as (N, 1, F, T)
+spectrogram-like tensors, visual as (N, T, 3, H, W) frame stacks, integer labels, and a
+sample id plus a group id (speaker, source video) per sample. Augmentation and
+normalisation run on whole batches on the training device (`Dataset.transform`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from mmbench.config import ConfigError, RunConfig
+
+
+@dataclass
+class Batch:
+    audio: torch.Tensor
+    visual: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor  # row numbers in the split, for per-sample bookkeeping
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.audio, self.visual, self.y, self.index)))
+
+    def select(self, keep: torch.Tensor) -> Batch:
+        """The samples where the boolean mask `keep` is true."""
+        return Batch(self.audio[keep], self.visual[keep], self.y[keep], self.index[keep])
+
+
+@dataclass
+class TensorSplit:
+    audio: torch.Tensor
+    visual: torch.Tensor
+    y: torch.Tensor
+    sample_id: list[str]
+    group_id: list[str]
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        sizes = {len(self.audio), len(self.visual), len(self.sample_id), len(self.group_id)}
+        if sizes != {n}:
+            raise ValueError(f"split columns disagree in length: {sizes | {n}}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, rows: torch.Tensor) -> TensorSplit:
+        rows_list = rows.tolist()
+        return TensorSplit(
+            self.audio[rows], self.visual[rows], self.y[rows],
+            [self.sample_id[i] for i in rows_list], [self.group_id[i] for i in rows_list],
+        )
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Shuffled with `generator` when given, else in order; the last batch may be short."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            yield Batch(self.audio[rows], self.visual[rows], self.y[rows], rows)
+
+
+@dataclass
+class Splits:
+    train: TensorSplit
+    test: TensorSplit
+    val: TensorSplit | None = None
+
+
+def carve_validation(train: TensorSplit, fraction: float, split_seed: int) -> tuple[TensorSplit, TensorSplit]:
+    """Stratified hold-out of `fraction` of each class, fixed by `split_seed` (not the run seed)."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"val_fraction={fraction}: must be between 0 and 1 (exclusive)")
+    generator = torch.Generator().manual_seed(split_seed)
+    val_rows: list[torch.Tensor] = []
+    for label in torch.unique(train.y).tolist():
+        rows = torch.nonzero(train.y == label).flatten()
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        val_rows.append(rows[: max(1, round(fraction * len(rows)))])
+    val = torch.sort(torch.cat(val_rows)).values
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[val] = False
+    return train.subset(torch.nonzero(keep).flatten()), train.subset(val)
+
+
+class Dataset:
+    """Base class of dataset adapters; register a subclass with `@register_dataset`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    #: Knobs of the dataset itself (size, difficulty, ...), settable with --set.
+    params: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
+    help: ClassVar[dict[str, str]] = {}
+    #: Run-config defaults for this dataset (epochs, lr, encoder, ...): the benchmark protocol.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.p = cfg.data
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Raise ConfigError for settings this dataset cannot honour."""
+
+    @property
+    def classes(self) -> list[str]:
+        raise NotImplementedError
+
+    def load(self) -> Splits:
+        raise NotImplementedError
+
+    def transform(self, batch: Batch, train: bool, generator: torch.Generator) -> Batch:
+        """Batch-level augmentation (train) or deterministic preprocessing (eval), on device."""
+        return batch

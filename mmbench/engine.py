@@ -1,0 +1,385 @@
+"""One training run: seeding, the loop with method hooks, evaluation, checkpoints, results.
+
+    for epoch:                          method.on_epoch_start
+        for batch in train (seeded order): method.train_step = forward, loss, backward,
+                                           after_backward, optimizer.step
+        scheduler.step(); method.on_epoch_end
+        evaluate val and test -> epoch row; checkpoint (last, and best-on-val)
+    method.calibrate(model, val) for the final and the best-on-val model -> test metrics
+    write results (epochs, predictions, then the run row)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+# cuBLAS reads this when CUDA initialises; it must be set before, for deterministic GEMMs.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import mmbench  # noqa: E402
+from mmbench.config import RunConfig  # noqa: E402
+from mmbench.data import Dataset, Splits, TensorSplit, carve_validation  # noqa: E402
+from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
+from mmbench.metrics import classification_metrics, imbalance_ratio, true_class_score  # noqa: E402
+from mmbench.models import build_av_model  # noqa: E402
+from mmbench.registry import DATASETS, METHODS  # noqa: E402
+from mmbench.results import RunPaths, config_columns, run_paths, write_json, write_run  # noqa: E402
+
+SELECTIONS = ("final", "best_val")
+
+
+class RunFailed(RuntimeError):
+    """A run stopped with an error; the message is one line for the user."""
+
+
+class NonFiniteLoss(RunFailed):
+    pass
+
+
+class Reporter:
+    """Progress callbacks; the CLI supplies a rich or a plain-text one."""
+
+    def run_started(self, cfg: RunConfig, epochs: int, steps: int, start_epoch: int) -> None: ...
+    def step(self, loss: float) -> None: ...
+    def epoch_finished(self, row: dict[str, Any]) -> None: ...
+    def run_finished(self, row: dict[str, Any]) -> None: ...
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RunFailed(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def configure_determinism(cfg: RunConfig) -> int:
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
+    return torch.get_num_threads()
+
+
+def make_generators(seed: int, device: torch.device) -> dict[str, torch.Generator]:
+    """The data order is drawn on the CPU; noise that methods and augmentation draw lives on
+    the training device."""
+    generators = {}
+    for purpose in RNG_PURPOSES:
+        where = "cpu" if purpose in ("order", "global") else device
+        generators[purpose] = torch.Generator(device=where).manual_seed(derive_seed(seed, purpose))
+    return generators
+
+
+def build_optimizer(params: Any, cfg: RunConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def load_splits(dataset: Dataset, cfg: RunConfig) -> Splits:
+    splits = dataset.load()
+    if splits.val is None:
+        train, val = carve_validation(splits.train, cfg.val_fraction, cfg.split_seed)
+        splits = Splits(train=train, val=val, test=splits.test)
+    return splits
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    logits: np.ndarray
+    logits_a: np.ndarray | None
+    logits_v: np.ndarray | None
+    y: np.ndarray
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: TensorSplit,
+             ctx: RunContext) -> Evaluation:
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {"logits": [], "logits_a": [], "logits_v": []}
+    for batch in split.batches(ctx.cfg.eval_batch_size):
+        batch = dataset.transform(batch.to(ctx.device), train=False, generator=ctx.generator("augment"))
+        with ctx.autocast():
+            out = method.predict(model, batch, ctx)
+        for key in parts:
+            value = getattr(out, key)
+            if value is not None:
+                parts[key].append(value.float().cpu())
+    model.train()
+    y = split.y.numpy()
+    logits = torch.cat(parts["logits"])
+    metrics = classification_metrics(logits.numpy(), y)
+    metrics["loss"] = float(F.cross_entropy(logits, split.y))
+    per_modality = {m: torch.cat(parts[f"logits_{m}"]) if parts[f"logits_{m}"] else None for m in "av"}
+    for m, mod_logits in per_modality.items():
+        mod_metrics = classification_metrics(mod_logits.numpy(), y) if mod_logits is not None else {}
+        for key in ("acc", "macro_f1", "map"):
+            metrics[f"{key}_head_{m}"] = mod_metrics.get(key, math.nan)
+    if per_modality["a"] is not None and per_modality["v"] is not None:
+        metrics["rho"] = imbalance_ratio(float(true_class_score(per_modality["a"], split.y)),
+                                         float(true_class_score(per_modality["v"], split.y)))
+    else:
+        metrics["rho"] = math.nan
+    return Evaluation(metrics, logits.numpy(),
+                      *(t.numpy() if t is not None else None for t in per_modality.values()), y)
+
+
+def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: TensorSplit,
+                optimizer: torch.optim.Optimizer, ctx: RunContext, reporter: Reporter) -> dict[str, float]:
+    """One pass over the training split in the seeded order; returns the epoch's train stats."""
+    losses, correct, seen = [], 0, 0
+    for step, batch in enumerate(train.batches(ctx.cfg.batch_size, ctx.generator("order"))):
+        ctx.step = step
+        batch = dataset.transform(batch.to(ctx.device), train=True, generator=ctx.generator("augment"))
+        out, loss = method.train_step(model, batch, optimizer, ctx)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise NonFiniteLoss(
+                f"non-finite loss ({loss_value}) at epoch {ctx.epoch} step {ctx.step}: "
+                f"lower the learning rate (lr={ctx.cfg.lr}) or check the inputs"
+            )
+        losses.append(loss_value)
+        if out.logits.shape[0] == len(batch):
+            correct += int((out.logits.argmax(1) == batch.y).sum())
+            seen += len(batch)
+            if out.logits_a is not None and out.logits_v is not None:
+                score_v = float(true_class_score(out.logits_v.detach(), batch.y))
+                score_a = float(true_class_score(out.logits_a.detach(), batch.y))
+                ctx.log(rho=imbalance_ratio(score_a, score_v))
+        reporter.step(loss_value)
+    return {"train_loss": float(np.mean(losses)), "train_acc": correct / seen if seen else math.nan}
+
+
+class Checkpoint:
+    """`last.pt` after every epoch, `best.pt` when validation accuracy improves."""
+
+    def __init__(self, paths: RunPaths) -> None:
+        self.dir = paths.checkpoint_dir
+        self.run_id = paths.run_id
+
+    @property
+    def last(self) -> Path:
+        return self.dir / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.dir / "best.pt"
+
+    def save(self, path: Path, state: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({"run_id": self.run_id, **state}, tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> dict[str, Any] | None:
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return state if state.get("run_id") == self.run_id else None
+
+    def remove(self) -> None:
+        for path in (self.last, self.best):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+            self.dir.parent.rmdir()  # the .checkpoints folder, once no run has one
+
+
+def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train, evaluate and store one run; resumes from its checkpoint if one exists.
+    Returns the run row. A failure writes `<run_id>.failed.json` and raises RunFailed."""
+    reporter = reporter or Reporter()
+    paths = run_paths(out, cfg)
+    try:
+        return _run(cfg, paths, reporter)
+    except RunFailed as exc:
+        _record_failure(paths, cfg, exc)
+        raise
+    except Exception as exc:  # any crash is a failed run, recorded, with its cause in one line
+        _record_failure(paths, cfg, exc)
+        raise RunFailed(f"run {cfg.run_id} ({cfg.method}, seed {cfg.seed}) failed: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def _record_failure(paths: RunPaths, cfg: RunConfig, exc: BaseException) -> None:
+    write_json(paths.failed, {"run_id": cfg.run_id, "error": f"{type(exc).__name__}: {exc}",
+                              "config": cfg.to_dict(), "at": _now()})
+
+
+def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
+    started, t0 = _now(), time.perf_counter()
+    num_threads = configure_determinism(cfg)
+    device = select_device(cfg.device)
+    generators = make_generators(cfg.seed, device)
+    torch.manual_seed(derive_seed(cfg.seed, "global"))
+
+    dataset = DATASETS.get(cfg.dataset)(cfg)
+    splits = load_splits(dataset, cfg)
+    steps = math.ceil(len(splits.train) / cfg.batch_size)
+    ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps)
+    method: Method = METHODS.get(cfg.method)(ctx)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        backbone = build_av_model(cfg, ctx.num_classes)
+        torch.manual_seed(derive_seed(cfg.seed, "method-init"))
+        model = method.build(backbone, ctx).to(device)
+    optimizer = build_optimizer(method.parameters(model, ctx), cfg)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+
+    checkpoint = Checkpoint(paths)
+    epoch_rows: list[dict[str, Any]] = []
+    best = {"epoch": -1, "val_acc": -math.inf}
+    train_time, train_samples = 0.0, 0
+    state = checkpoint.load(checkpoint.last)
+    if state is not None:
+        method.load_state_dict(state["method"], model)
+        model.load_state_dict(state["model"])
+        optimizer = build_optimizer(method.parameters(model, ctx), cfg)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+        scheduler.load_state_dict(state["scheduler"])
+        for purpose, rng_state in state["generators"].items():
+            generators[purpose].set_state(rng_state)
+        torch.set_rng_state(state["torch_rng"])
+        epoch_rows, best = state["epoch_rows"], state["best"]
+        train_time, train_samples = state["train_time"], state["train_samples"]
+    start_epoch = len(epoch_rows)
+    reporter.run_started(cfg, cfg.epochs, steps, start_epoch)
+
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        ctx.epoch = epoch
+        epoch_t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        method.on_epoch_start(model, ctx)
+        train_stats = train_epoch(model, method, dataset, splits.train, optimizer, ctx, reporter)
+        train_time += time.perf_counter() - epoch_t0
+        train_samples += len(splits.train)
+        scheduler.step()
+        method.on_epoch_end(model, ctx)
+        row = {"run_id": cfg.run_id, "epoch": ctx.epoch, "lr": lr, **train_stats}
+        row.update({f"train_{k}": v for k, v in ctx.pop_epoch_logs().items()})
+        row.update({f"diag_{k}": float(v) for k, v in method.diagnostics().items()})
+        for split_name, split in (("val", splits.val), ("test", splits.test)):
+            metrics = evaluate(model, method, dataset, split, ctx).metrics
+            row.update({f"{split_name}_{k}": v for k, v in metrics.items()})
+        row["epoch_wall_s"] = time.perf_counter() - epoch_t0
+        epoch_rows.append(row)
+        if row["val_acc"] > best["val_acc"]:
+            best = {"epoch": ctx.epoch, "val_acc": row["val_acc"]}
+            checkpoint.save(checkpoint.best, {"model": model.state_dict(), "method": method.state_dict()})
+        checkpoint.save(checkpoint.last, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "method": method.state_dict(),
+            "generators": {k: g.get_state() for k, g in generators.items()},
+            "torch_rng": torch.get_rng_state(), "epoch_rows": epoch_rows, "best": best,
+            "train_time": train_time, "train_samples": train_samples,
+        })
+        reporter.epoch_finished(row)
+
+    selections = {"final": model}
+    best_state = checkpoint.load(checkpoint.best)
+    if best_state is not None:
+        best_model = copy.deepcopy(model)
+        method.load_state_dict(best_state["method"], best_model)
+        best_model.load_state_dict(best_state["model"])
+        selections["best_val"] = best_model
+    evaluations: dict[str, Evaluation] = {}
+    for selection, selected in selections.items():
+        method.calibrate(selected, splits.val, ctx)
+        evaluations[selection] = evaluate(selected, method, dataset, splits.test, ctx)
+
+    row = _run_row(cfg, dataset, splits, evaluations, epoch_rows, best)
+    row.update(_provenance(device, num_threads, started, time.perf_counter() - t0,
+                           train_samples / train_time if train_time else math.nan))
+    write_run(paths, row, epoch_rows, _prediction_columns(cfg.run_id, splits.test, evaluations))
+    checkpoint.remove()
+    reporter.run_finished(row)
+    return row
+
+
+def _run_row(cfg: RunConfig, dataset: Dataset, splits: Splits, evaluations: dict[str, Evaluation],
+             epoch_rows: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"run_id": cfg.run_id, "status": "ok", **config_columns(cfg)}
+    row.update({"pair_key": cfg.seed, "crn": True, "classes": ",".join(dataset.classes),
+                "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test)})
+    for selection in SELECTIONS:
+        evaluation = evaluations.get(selection, evaluations["final"])
+        row.update({f"{selection}_{k}": v for k, v in evaluation.metrics.items()})
+    row["code_version"] = cfg.code_version()
+    row["best_val_epoch"] = best["epoch"]
+    row["best_val_val_acc"] = best["val_acc"]
+    test_accs = [r["test_acc"] for r in epoch_rows]
+    # "Paper protocol": the maximum test accuracy over epochs, as the official codes report.
+    # It selects on the test set and is optimistic; stored only to show the gap.
+    row["paper_max_acc"] = max(test_accs) if test_accs else math.nan
+    row["paper_max_epoch"] = int(np.argmax(test_accs)) if test_accs else -1
+    return row
+
+
+def _prediction_columns(run_id: str, test: TensorSplit, evaluations: dict[str, Evaluation]) -> dict[str, list]:
+    columns: dict[str, list] = {k: [] for k in ("run_id", "selection", "sample_id", "group_id", "y",
+                                                "pred", "pred_a", "pred_v", "p_true", "probs")}
+    for selection, ev in evaluations.items():
+        probs = torch.softmax(torch.from_numpy(ev.logits), dim=1).numpy()
+        n = len(ev.y)
+        columns["run_id"] += [run_id] * n
+        columns["selection"] += [selection] * n
+        columns["sample_id"] += list(test.sample_id)
+        columns["group_id"] += list(test.group_id)
+        columns["y"] += ev.y.tolist()
+        columns["pred"] += ev.logits.argmax(1).tolist()
+        for m, mod_logits in (("a", ev.logits_a), ("v", ev.logits_v)):
+            columns[f"pred_{m}"] += mod_logits.argmax(1).tolist() if mod_logits is not None else [-1] * n
+        columns["p_true"] += probs[np.arange(n), ev.y].tolist()
+        columns["probs"] += probs.astype(np.float32).tolist()
+    return columns
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _git_sha() -> str | None:
+    source = Path(mmbench.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def _provenance(device: torch.device, num_threads: int, started: str, wall_s: float,
+                samples_per_s: float) -> dict[str, Any]:
+    import torchvision
+
+    return {
+        "schema_version": mmbench.RESULT_SCHEMA_VERSION, "mmbench_version": mmbench.__version__,
+        "git_sha": _git_sha(), "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__, "python_version": sys.version.split()[0],
+        "platform": platform.platform(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "num_threads": num_threads, "started_at": started, "finished_at": _now(), "wall_s": wall_s,
+        "train_samples_per_s": samples_per_s,
+    }

@@ -1,0 +1,161 @@
+"""The method contract: a method is a registered class with a few hooks.
+
+Every hook has a default, and the defaults together are plain joint training: build the
+audio-visual model, forward, cross-entropy on the fused logits, backward, step. A method
+overrides only what it changes. The engine (engine.py) calls the hooks and knows no
+method by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmbench.config import ConfigError, RunConfig
+from mmbench.data import Batch, TensorSplit
+from mmbench.models import AVModel, Outputs
+
+#: Independent random streams of a run. Seed s gives every method the same "init",
+#: "order" and "augment" streams (common random numbers); "method" is private to the method.
+RNG_PURPOSES = ("init", "order", "augment", "method", "global")
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A 63-bit seed for one purpose, independent of every other purpose's seed."""
+    tag = int.from_bytes(hashlib.sha256(purpose.encode()).digest()[:4], "little")
+    return int(np.random.SeedSequence([seed, tag]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass
+class RunContext:
+    """What hooks may read about the run in progress, and where they log diagnostics."""
+
+    cfg: RunConfig
+    num_classes: int
+    device: torch.device
+    generators: dict[str, torch.Generator]
+    steps_per_epoch: int = 0
+    epoch: int = 0
+    step: int = 0
+    _step_logs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def hp(self) -> dict[str, Any]:
+        return self.cfg.hparams
+
+    def generator(self, purpose: str = "method") -> torch.Generator:
+        return self.generators[purpose]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when `bf16` is set; wrap forward and loss, not backward."""
+        if self.cfg.bf16 and self.device.type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def log(self, **values: float | torch.Tensor) -> None:
+        """Per-step diagnostics; their mean over the epoch becomes an epoch-row column."""
+        for key, value in values.items():
+            self._step_logs[key].append(float(value))
+
+    def pop_epoch_logs(self) -> dict[str, float]:
+        means = {k: float(np.mean(v)) for k, v in self._step_logs.items() if v}
+        self._step_logs.clear()
+        return means
+
+
+class Method:
+    """Base class of methods; register a subclass with `@register_method`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    #: Bump when a change alters the numbers this method produces (enters the run_id).
+    version: ClassVar[int] = 1
+    #: Hyperparameters with defaults; the default's type is the type --set must parse to.
+    hparams: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple]] = {}
+    help: ClassVar[dict[str, str]] = {}
+    #: Per-dataset hyperparameter defaults where the paper used other values.
+    dataset_hparams: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Run-config overrides per profile and dataset: {"official": {"cremad": {...}}}.
+    profiles: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    #: Fusion heads the method is defined for (None: any).
+    fusions: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.hp = ctx.cfg.hparams
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        """Raise ConfigError for a combination the method is not defined for."""
+        if cls.fusions is not None and cfg.fusion not in cls.fusions:
+            raise ConfigError(
+                f"method {cls.name} is defined for fusion {' or '.join(cls.fusions)}, "
+                f"not fusion={cfg.fusion}; use --set fusion={cls.fusions[0]}"
+            )
+
+    # -- model and optimiser -------------------------------------------------------------
+    def build(self, model: AVModel, ctx: RunContext) -> nn.Module:
+        """The model to train. Called under the "method" random stream, after the shared
+        backbone was built from the "init" stream, so new parameters shift no shared stream."""
+        return model
+
+    def parameters(self, model: nn.Module, ctx: RunContext) -> Iterable[Any]:
+        """Parameters (or parameter groups) handed to the optimiser."""
+        return model.parameters()
+
+    # -- one training step ------------------------------------------------------------------
+    def train_step(self, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
+                   ctx: RunContext) -> tuple[Outputs, torch.Tensor]:
+        """The whole training step. Methods with several optimiser steps per batch override it."""
+        optimizer.zero_grad(set_to_none=True)
+        with ctx.autocast():
+            out = self.forward(model, batch, ctx)
+            loss = self.loss(out, batch, ctx)
+        loss.backward()
+        self.after_backward(model, out, batch, ctx)
+        optimizer.step()
+        return out, loss
+
+    def forward(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
+        return model(batch.audio, batch.visual)
+
+    def loss(self, out: Outputs, batch: Batch, ctx: RunContext) -> torch.Tensor:
+        return F.cross_entropy(out.logits, batch.y)
+
+    def after_backward(self, model: nn.Module, out: Outputs, batch: Batch, ctx: RunContext) -> None:
+        """Gradient surgery between backward and the optimiser step."""
+
+    # -- epochs, inference, post-hoc ---------------------------------------------------------
+    def on_epoch_start(self, model: nn.Module, ctx: RunContext) -> None:
+        pass
+
+    def on_epoch_end(self, model: nn.Module, ctx: RunContext) -> None:
+        pass
+
+    def predict(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
+        """Inference (model in eval mode, no gradients): never perturbed, never uses labels."""
+        return model(batch.audio, batch.visual)
+
+    def calibrate(self, model: nn.Module, val: TensorSplit, ctx: RunContext) -> None:
+        """Post-hoc fitting on the validation split, after training."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Per-epoch quantities (beyond those logged with ctx.log) for the epoch row."""
+        return {}
+
+    # -- state that must survive a resume ------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        """Restore method state (and grow the model to match) before the weights are loaded."""

@@ -1,0 +1,80 @@
+"""Accuracy, macro-F1, mAP and the imbalance ratio, for the fused and per-modality logits.
+
+Conventions (stated once, used everywhere): macro-F1 averages over the classes present in
+the labels or the predictions (sklearn's `average="macro"`); mAP averages, over classes
+with at least one positive, the step-wise average precision of the softmax scores
+(sklearn's `average_precision_score`); rho is the OGM-GE discrepancy ratio
+sum_i p_a(x_i)[y_i] / sum_i p_v(x_i)[y_i].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(pred == y)) if len(y) else math.nan
+
+
+def macro_f1(pred: np.ndarray, y: np.ndarray) -> float:
+    labels = np.union1d(pred, y)
+    if len(labels) == 0:
+        return math.nan
+    scores = []
+    for c in labels:
+        tp = np.sum((pred == c) & (y == c))
+        fp = np.sum((pred == c) & (y != c))
+        fn = np.sum((pred != c) & (y == c))
+        denominator = 2 * tp + fp + fn
+        scores.append(2 * tp / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
+
+def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the step-wise precision-recall curve; tied scores form one threshold."""
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return math.nan
+    order = np.argsort(-scores, kind="stable")
+    scores, positive = scores[order], positive[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
+    tp = np.cumsum(positive)[last_of_tie]
+    predicted = last_of_tie + 1
+    precision = tp / predicted
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(probs: np.ndarray, y: np.ndarray) -> float:
+    aps = [average_precision(probs[:, c], y == c) for c in range(probs.shape[1])]
+    aps = [a for a in aps if not math.isnan(a)]
+    return float(np.mean(aps)) if aps else math.nan
+
+
+def true_class_score(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum_i softmax(logits_i)[y_i], the score OGM-GE compares between modalities."""
+    return torch.softmax(logits.float(), dim=-1).gather(1, y[:, None]).sum()
+
+
+def imbalance_ratio(score_a: float, score_v: float) -> float:
+    """rho = s_a / s_v (> 1: audio dominates)."""
+    if score_v == 0:
+        return math.inf if score_a > 0 else math.nan
+    return score_a / score_v
+
+
+def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """acc, macro_f1, map and n_correct of one set of logits (N, C)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    pred = logits.argmax(axis=1)
+    return {
+        "acc": accuracy(pred, y),
+        "macro_f1": macro_f1(pred, y),
+        "map": mean_average_precision(probs, y),
+        "n_correct": int(np.sum(pred == y)),
+    }

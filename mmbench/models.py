@@ -1,0 +1,194 @@
+"""Encoders, fusion heads and the audio-visual model every method starts from.
+
+Shapes: audio (B, 1, F, T); visual (B, T, 3, H, W) — frames are folded into the batch,
+encoded by a 2-D network and averaged over time and space. Pooling is a plain mean
+(not adaptive pooling) because its CUDA backward is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from mmbench.config import RunConfig
+
+
+@dataclass
+class Outputs:
+    """What a forward pass gives every method and metric, under the same names.
+
+    `logits_a`/`logits_v` are per-modality logits that add up to `logits` (concat and sum
+    fusion, unimodal heads); they are None where the fusion does not decompose.
+    """
+
+    logits: torch.Tensor
+    logits_a: torch.Tensor | None = None
+    logits_v: torch.Tensor | None = None
+    feat_a: torch.Tensor | None = None
+    feat_v: torch.Tensor | None = None
+
+
+class SmallCNN(nn.Module):
+    """Four conv-BN-ReLU blocks, stride 2 from the second on: for CPU-scale runs."""
+
+    def __init__(self, in_channels: int, width: int = 32) -> None:
+        super().__init__()
+        widths = [width, width, 2 * width, 4 * width]
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i, out in enumerate(widths):
+            layers += [nn.Conv2d(channels, out, 3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                       nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            channels = out
+        self.body = nn.Sequential(*layers)
+        self.out_dim = channels
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ResNet18(nn.Module):
+    """torchvision ResNet-18 from scratch, with an `in_channels` stem and no classifier."""
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
+                                  net.layer1, net.layer2, net.layer3, net.layer4)
+        self.out_dim = 512
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, backbone: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = backbone.out_dim
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        audio = audio.contiguous(memory_format=self.memory_format)
+        return self.backbone.forward_map(audio).mean(dim=(-2, -1))
+
+
+class VisualEncoder(nn.Module):
+    def __init__(self, backbone: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = backbone.out_dim
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def forward(self, visual: torch.Tensor) -> torch.Tensor:
+        b, t = visual.shape[:2]
+        frames = visual.flatten(0, 1).contiguous(memory_format=self.memory_format)
+        fmap = self.backbone.forward_map(frames)  # (B*T, D, h, w)
+        return fmap.unflatten(0, (b, t)).mean(dim=(1, 3, 4))
+
+
+def build_encoder(kind: str, in_channels: int, width: int) -> nn.Module:
+    if kind == "resnet18":
+        return ResNet18(in_channels)
+    if kind == "small_cnn":
+        return SmallCNN(in_channels, width)
+    raise ValueError(f"unknown encoder {kind!r}")
+
+
+class ConcatFusion(nn.Module):
+    """One linear layer on [f_a ; f_v]; each modality's logits use its half of W and b/2."""
+
+    decomposes = True
+
+    def __init__(self, dim_a: int, dim_v: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim_a + dim_v, num_classes)
+        self.dim_a = dim_a
+
+    def forward(self, feat_a: torch.Tensor, feat_v: torch.Tensor) -> Outputs:
+        w_a, w_v = self.fc.weight[:, : self.dim_a], self.fc.weight[:, self.dim_a:]
+        half_bias = self.fc.bias / 2
+        logits_a = F.linear(feat_a, w_a, half_bias)
+        logits_v = F.linear(feat_v, w_v, half_bias)
+        return Outputs(logits_a + logits_v, logits_a, logits_v, feat_a, feat_v)
+
+
+class SumFusion(nn.Module):
+    """A linear head per modality, logits summed; each head keeps its full bias."""
+
+    decomposes = True
+
+    def __init__(self, dim_a: int, dim_v: int, num_classes: int) -> None:
+        super().__init__()
+        self.fc_a = nn.Linear(dim_a, num_classes)
+        self.fc_v = nn.Linear(dim_v, num_classes)
+
+    def forward(self, feat_a: torch.Tensor, feat_v: torch.Tensor) -> Outputs:
+        logits_a, logits_v = self.fc_a(feat_a), self.fc_v(feat_v)
+        return Outputs(logits_a + logits_v, logits_a, logits_v, feat_a, feat_v)
+
+
+class FiLMFusion(nn.Module):
+    """Audio features produce a scale and shift for the visual features (OGM-GE's FiLM)."""
+
+    decomposes = False
+
+    def __init__(self, dim_a: int, dim_v: int, num_classes: int) -> None:
+        super().__init__()
+        self.film = nn.Linear(dim_a, 2 * dim_v)
+        self.fc = nn.Linear(dim_v, num_classes)
+
+    def forward(self, feat_a: torch.Tensor, feat_v: torch.Tensor) -> Outputs:
+        gamma, beta = self.film(feat_a).chunk(2, dim=-1)
+        return Outputs(self.fc(gamma * feat_v + beta), feat_a=feat_a, feat_v=feat_v)
+
+
+class GatedFusion(nn.Module):
+    """sigmoid(fc_a(f_a)) gates fc_v(f_v) before the classifier (OGM-GE's gated fusion)."""
+
+    decomposes = False
+
+    def __init__(self, dim_a: int, dim_v: int, num_classes: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.fc_a = nn.Linear(dim_a, hidden)
+        self.fc_v = nn.Linear(dim_v, hidden)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, feat_a: torch.Tensor, feat_v: torch.Tensor) -> Outputs:
+        gated = torch.sigmoid(self.fc_a(feat_a)) * self.fc_v(feat_v)
+        return Outputs(self.fc(gated), feat_a=feat_a, feat_v=feat_v)
+
+
+FUSIONS: dict[str, type[nn.Module]] = {
+    "concat": ConcatFusion, "sum": SumFusion, "film": FiLMFusion, "gated": GatedFusion,
+}
+
+
+class AVModel(nn.Module):
+    def __init__(self, audio_encoder: nn.Module, visual_encoder: nn.Module, fusion: nn.Module) -> None:
+        super().__init__()
+        self.audio_encoder = audio_encoder
+        self.visual_encoder = visual_encoder
+        self.fusion = fusion
+
+    def encode(self, audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.audio_encoder(audio), self.visual_encoder(visual)
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> Outputs:
+        return self.fusion(*self.encode(audio, visual))
+
+
+def build_av_model(cfg: RunConfig, num_classes: int) -> AVModel:
+    """The default model: two encoders of `cfg.encoder` and the `cfg.fusion` head."""
+    audio = AudioEncoder(build_encoder(cfg.encoder, 1, cfg.encoder_width), cfg.channels_last)
+    visual = VisualEncoder(build_encoder(cfg.encoder, 3, cfg.encoder_width), cfg.channels_last)
+    fusion = FUSIONS[cfg.fusion](audio.out_dim, visual.out_dim, num_classes)
+    model = AVModel(audio, visual, fusion)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model

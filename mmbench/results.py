@@ -1,0 +1,142 @@
+"""Result files: layout, atomic writes, "already done" checks, reading back.
+
+Per run, under `<out>/dataset=<d>/method=<m>/`:
+  <run_id>.parquet         one row: resolved config, final / best-val / paper metrics, provenance
+  <run_id>.epochs.parquet  one row per epoch: curves, per-modality accuracy, method diagnostics
+  <run_id>.preds.parquet   one row per test sample and selection: labels and predictions
+  <run_id>.failed.json     only for a run that failed (removed when it later succeeds)
+The run row is written last, so its presence means the run finished. Every file is written
+to a dot-prefixed temporary file in the same folder and renamed (readers skip dot files).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmbench.config import RunConfig
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    folder: Path
+    run_id: str
+
+    @property
+    def row(self) -> Path:
+        return self.folder / f"{self.run_id}.parquet"
+
+    @property
+    def epochs(self) -> Path:
+        return self.folder / f"{self.run_id}.epochs.parquet"
+
+    @property
+    def preds(self) -> Path:
+        return self.folder / f"{self.run_id}.preds.parquet"
+
+    @property
+    def failed(self) -> Path:
+        return self.folder / f"{self.run_id}.failed.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        # Two levels up is the results root; checkpoints stay out of the hive folders.
+        return self.folder.parent.parent / ".checkpoints" / self.run_id
+
+
+def run_paths(out: str | Path, cfg: RunConfig) -> RunPaths:
+    folder = Path(out) / f"dataset={cfg.dataset}" / f"method={cfg.method}"
+    return RunPaths(folder, cfg.run_id)
+
+
+def is_done(paths: RunPaths) -> bool:
+    return paths.row.is_file()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(payload, indent=2, default=str))
+    _atomic_write(path, write)
+
+
+def write_run(paths: RunPaths, row: dict[str, Any], epochs: list[dict[str, Any]],
+              preds: dict[str, list]) -> None:
+    """Side tables first, the run row last: a run row on disk means a complete run."""
+    write_table(paths.epochs, pa.Table.from_pylist(epochs))
+    write_table(paths.preds, pa.table(preds))
+    write_table(paths.row, pa.Table.from_pylist([row]))
+    paths.failed.unlink(missing_ok=True)
+
+
+def config_columns(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as flat columns: core keys as they are, hp_<name>, data_<name>."""
+    columns = {k: v for k, v in cfg.to_dict().items() if k not in ("hparams", "data")}
+    columns.update({f"hp_{k}": _scalar(v) for k, v in cfg.hparams.items()})
+    columns.update({f"data_{k}": _scalar(v) for k, v in cfg.data.items()})
+    columns["config_json"] = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return columns
+
+
+def _scalar(value: Any) -> Any:
+    return value if isinstance(value, (bool, int, float, str)) or value is None else json.dumps(value)
+
+
+def _tables(out: str | Path, suffix: str) -> list[Path]:
+    root = Path(out)
+    files = sorted(root.glob(f"dataset=*/method=*/*{suffix}"))
+    if suffix == ".parquet":
+        files = [f for f in files if f.name.count(".") == 1]
+    return files
+
+
+def read_runs(out: str | Path) -> pd.DataFrame:
+    """Every finished run row under `out` (columns unified across methods)."""
+    files = _tables(out, ".parquet")
+    if not files:
+        return pd.DataFrame()
+    tables = [pq.read_table(f) for f in files]
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def read_epochs(out: str | Path) -> pd.DataFrame:
+    files = _tables(out, ".epochs.parquet")
+    if not files:
+        return pd.DataFrame()
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive").to_pandas()
+
+
+def read_preds(paths: RunPaths) -> pd.DataFrame:
+    return pq.read_table(paths.preds).to_pandas()

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+import mmbench
+from mmbench.config import ConfigError, RunConfig, load_yaml, parse_seeds, parse_sets, resolve
+from mmbench.registry import DATASETS, METHODS
+
+from .conftest import tiny_config
+
+
+def test_layers_apply_in_order(tmp_path):
+    synthetic = DATASETS.get("synthetic")
+    cfg = resolve("joint", "synthetic")
+    assert cfg.epochs == synthetic.defaults["epochs"]  # dataset default beats the global default
+    assert cfg.momentum == RunConfig.momentum  # untouched keys keep the global default
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("epochs: 5\nlr: 0.5\ndata:\n  n_train: 300\n")
+    overrides = load_yaml(yaml_file)
+    overrides.update(parse_sets(["lr=0.25"]))
+    cfg = resolve("joint", "synthetic", overrides=overrides)
+    assert (cfg.epochs, cfg.lr, cfg.data["n_train"]) == (5, 0.25, 300)  # --set beats YAML
+
+
+def test_profile_sits_between_dataset_defaults_and_overrides(monkeypatch):
+    joint = METHODS.get("joint")
+    monkeypatch.setattr(joint, "profiles", {"official": {"synthetic": {"epochs": 7, "lr": 0.5}}})
+    cfg = resolve("joint", "synthetic", profile="official")
+    assert (cfg.epochs, cfg.lr, cfg.profile) == (7, 0.5, "official")
+    assert resolve("joint", "synthetic", profile="official", overrides={"epochs": 3}).epochs == 3
+
+
+def test_official_profile_missing_for_dataset_is_refused():
+    with pytest.raises(ConfigError, match="use --profile benchmark"):
+        resolve("joint", "synthetic", profile="official")
+
+
+def test_method_hyperparameters_and_dataset_params_route_by_name():
+    cfg = resolve("unimodal", "synthetic", overrides={"modality": "visual", "data.n_test": 50})
+    assert cfg.hparams == {"modality": "visual"}
+    assert cfg.data["n_test"] == 50
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lrr": "0.1"}, r"unknown key 'lrr'.*did you mean lr\?.*valid keys: .*weight_decay"),
+    ({"epochs": "ten"}, r"epochs='ten' is not a valid int"),
+    ({"epochs": "2.5"}, r"epochs='2.5' is not a valid int"),
+    ({"lr": "fast"}, r"lr='fast' is not a valid float"),
+    ({"deterministic": "maybe"}, r"deterministic='maybe' is not a valid bool"),
+    ({"fusion": "late"}, r"fusion='late' is not allowed; choices: concat, sum, film, gated"),
+    ({"modality": "text"}, r"modality='text' is not allowed; choices: audio, visual"),
+    ({"foo.lr": "1"}, r"unknown key 'foo.lr'"),
+])
+def test_invalid_settings_fail_with_one_line_naming_the_key(overrides, message):
+    method = "unimodal" if "modality" in overrides else "joint"
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve(method, "synthetic", overrides=overrides)
+    assert "\n" not in str(info.value)
+
+
+def test_string_values_are_coerced_to_the_default_type():
+    cfg = resolve("joint", "synthetic", overrides={"epochs": "3", "lr": "1e-2", "bf16": "true"})
+    assert (cfg.epochs, cfg.lr, cfg.bf16) == (3, 0.01, True)
+    assert isinstance(cfg.lr, float) and isinstance(cfg.epochs, int)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_yaml(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_yaml(tmp_path / "absent.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_yaml(listing)
+
+
+@pytest.mark.parametrize("text, seeds", [("0,1,2", [0, 1, 2]), ("0-4", [0, 1, 2, 3, 4]), ("7", [7]),
+                                         ([3, 1], [3, 1]), (5, [5])])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["a,b", "1,1", ""])
+def test_parse_seeds_rejects_bad_lists(text):
+    with pytest.raises(ConfigError, match="--seeds"):
+        parse_seeds(text)
+
+
+def test_parse_sets_needs_key_value():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_sets(["lr0.1"])
+
+
+def test_run_id_is_the_hash_of_config_schema_and_code_version():
+    cfg = tiny_config()
+    payload = {"config": cfg.identity(), "schema": mmbench.RESULT_SCHEMA_VERSION,
+               "code": f"engine{mmbench.ENGINE_VERSION}/joint@1/synthetic@1"}
+    expected = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
+    assert cfg.run_id == expected.hexdigest()[:16]
+
+
+def test_run_id_changes_with_what_changes_the_numbers_only():
+    base = tiny_config()
+    assert tiny_config().run_id == base.run_id
+    assert tiny_config(seed=1).run_id != base.run_id
+    assert tiny_config(lr=0.5).run_id != base.run_id
+    assert tiny_config(n_train=300).run_id != base.run_id
+    assert tiny_config(lr="0.02").run_id == tiny_config(lr=0.02).run_id
+    # Where and on how many threads a run executes is provenance, not identity.
+    assert tiny_config(device="cpu", num_threads=2).run_id == base.run_id
+
+
+def test_run_id_is_stable_across_processes():
+    code = ("from tests.conftest import tiny_config; print(tiny_config().run_id)")
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONHASHSEED": str(s), "PATH": ""}).stdout.strip() for s in (1, 2)}
+    assert ids == {tiny_config().run_id}
+
+
+def test_invalid_combination_is_refused_by_the_method(monkeypatch):
+    joint = METHODS.get("joint")
+    monkeypatch.setattr(joint, "fusions", ("concat", "sum"))
+    with pytest.raises(ConfigError, match="defined for fusion concat or sum, not fusion=film"):
+        resolve("joint", "synthetic", overrides={"fusion": "film"})
+
+
+def test_with_several_methods_a_hyperparameter_goes_to_the_methods_that_have_it():
+    from mmbench.config import expand
+
+    joint, uni = expand(["joint", "unimodal"], "synthetic", [0], "benchmark", {"modality": "visual"})
+    assert joint.hparams == {} and uni.hparams == {"modality": "visual"}
+    joint, uni = expand(["joint", "unimodal"], "synthetic", [0], "benchmark", {"unimodal.modality": "visual"})
+    assert uni.hparams == {"modality": "visual"}
+    with pytest.raises(ConfigError, match="unknown key 'alpha'"):
+        expand(["joint", "unimodal"], "synthetic", [0], "benchmark", {"alpha": "1"})

@@ -1,0 +1,241 @@
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from mmbench import engine
+from mmbench.data import carve_validation
+from mmbench.method import Method
+from mmbench.registry import DATASETS, METHODS
+from mmbench.results import read_preds, read_runs, run_paths
+
+from .conftest import tiny_config
+
+
+def _preds(out, cfg) -> pd.DataFrame:
+    return read_preds(run_paths(out, cfg))
+
+
+def test_same_seed_twice_gives_identical_predictions(tmp_path):
+    cfg = tiny_config()
+    row_a = engine.run(cfg, tmp_path / "a")
+    row_b = engine.run(cfg, tmp_path / "b")
+    pa, pb = _preds(tmp_path / "a", cfg), _preds(tmp_path / "b", cfg)
+    assert np.array_equal(np.stack(pa["probs"]), np.stack(pb["probs"]))
+    assert row_a["final_n_correct"] == row_b["final_n_correct"]
+    assert row_a["num_threads"] == 1
+
+
+def test_different_seeds_give_different_models(tmp_path):
+    engine.run(tiny_config(seed=0), tmp_path)
+    engine.run(tiny_config(seed=1), tmp_path)
+    p0, p1 = _preds(tmp_path, tiny_config(seed=0)), _preds(tmp_path, tiny_config(seed=1))
+    assert not np.array_equal(np.stack(p0["probs"]), np.stack(p1["probs"]))
+
+
+def test_seed_gives_every_method_the_same_init_and_batch_order(monkeypatch, tmp_path):
+    """Common random numbers: the paired analysis of STATS.md 2.1 relies on this."""
+    seen: dict[str, dict] = {}
+    original_step = Method.train_step
+
+    def spy(self, model, batch, optimizer, ctx):
+        record = seen.setdefault(self.name, {"batches": []})
+        if not record["batches"]:
+            encoder = model.audio_encoder if hasattr(model, "audio_encoder") else model.encoder
+            record["init"] = [p.detach().clone() for p in encoder.parameters()]
+        record["batches"].append(batch.index.clone())
+        return original_step(self, model, batch, optimizer, ctx)
+
+    monkeypatch.setattr(Method, "train_step", spy)
+    engine.run(tiny_config("joint", epochs=1), tmp_path)
+    engine.run(tiny_config("unimodal", epochs=1, modality="audio"), tmp_path)
+    joint, uni = seen["joint"], seen["unimodal"]
+    assert all(torch.equal(a, b) for a, b in zip(joint["init"], uni["init"], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(joint["batches"], uni["batches"], strict=True))
+
+
+class StopAfter(engine.Reporter):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_finished(self, row):
+        if row["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_interruption_gives_the_identical_result(tmp_path):
+    cfg = tiny_config(epochs=4)
+    reference = engine.run(cfg, tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(cfg, tmp_path / "cut", StopAfter(epoch=1))
+    paths = run_paths(tmp_path / "cut", cfg)
+    assert not paths.row.exists() and (paths.checkpoint_dir / "last.pt").exists()
+
+    started = []
+
+    class Spy(engine.Reporter):
+        def run_started(self, cfg, epochs, steps, start_epoch):
+            started.append(start_epoch)
+
+    resumed = engine.run(cfg, tmp_path / "cut", Spy())
+    assert started == [2]
+    assert not paths.checkpoint_dir.exists()
+    for key in ("final_n_correct", "best_val_n_correct", "best_val_epoch", "final_loss"):
+        assert resumed[key] == reference[key]
+    ref_preds, cut_preds = _preds(tmp_path / "ref", cfg), _preds(tmp_path / "cut", cfg)
+    assert np.array_equal(np.stack(ref_preds["probs"]), np.stack(cut_preds["probs"]))
+    ref_epochs = pq.read_table(run_paths(tmp_path / "ref", cfg).epochs).to_pandas()
+    cut_epochs = pq.read_table(paths.epochs).to_pandas()
+    assert ref_epochs["train_loss"].tolist() == cut_epochs["train_loss"].tolist()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
+    cfg = tiny_config(epochs=6, n_train=600)
+    reference = engine.run(cfg, tmp_path / "ref")
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "mmbench.cli", "run", "-m", "joint", "--seeds", "0", "--out", str(out)]
+    for key, value in {"n_train": 600, "n_test": 120, "audio_size": 12, "image_size": 12, "epochs": 6,
+                       "batch_size": 32, "encoder_width": 8, "num_threads": 1}.items():
+        args += ["--set", f"{key}={value}"]
+    checkpoint = run_paths(out, cfg).checkpoint_dir / "last.pt"
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not checkpoint.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    paths = run_paths(out, cfg)
+    assert not paths.row.exists(), "the run must not have finished before the kill"
+    visible = [p for p in paths.folder.glob("*") if not p.name.startswith(".")] if paths.folder.exists() else []
+    assert visible == [], "a killed run leaves no result file behind"
+    resumed = engine.run(cfg, out)
+    assert resumed["final_n_correct"] == reference["final_n_correct"]
+    assert np.array_equal(np.stack(_preds(out, cfg)["probs"]),
+                          np.stack(_preds(tmp_path / "ref", cfg)["probs"]))
+
+
+def test_a_write_killed_midway_leaves_no_partial_file(tmp_path, monkeypatch):
+    cfg = tiny_config(epochs=1)
+    real_write = pq.write_table
+
+    def dying_write(table, where, *args, **kwargs):
+        if str(where).startswith(str(tmp_path)) and ".preds.parquet" in str(where):
+            with open(where, "wb") as handle:
+                handle.write(b"PAR1 half a file")
+            raise OSError("disk full")
+        return real_write(table, where, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "write_table", dying_write)
+    with pytest.raises(engine.RunFailed, match="disk full"):
+        engine.run(cfg, tmp_path)
+    paths = run_paths(tmp_path, cfg)
+    leftovers = sorted(p.name for p in paths.folder.iterdir())
+    assert leftovers == [paths.epochs.name, paths.failed.name]  # no row, no preds, no temp file
+    assert read_runs(tmp_path).empty
+    monkeypatch.undo()
+    engine.run(cfg, tmp_path)  # the same run now completes and clears the failure record
+    assert paths.row.exists() and not paths.failed.exists()
+
+
+class DivergesAtEpoch1Step2(Method):
+    name = "diverges"
+
+    def loss(self, out, batch, ctx):
+        loss = super().loss(out, batch, ctx)
+        return loss * float("inf") if (ctx.epoch, ctx.step) == (1, 2) else loss
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_records_a_failure(tmp_path):
+    METHODS.register(DivergesAtEpoch1Step2)
+    cfg = tiny_config("diverges")
+    with pytest.raises(engine.NonFiniteLoss, match=r"non-finite loss \(inf\) at epoch 1 step 2"):
+        engine.run(cfg, tmp_path)
+    record = json.loads(run_paths(tmp_path, cfg).failed.read_text())
+    assert "non-finite loss" in record["error"] and record["run_id"] == cfg.run_id
+    assert not run_paths(tmp_path, cfg).row.exists()
+
+
+def test_result_files_follow_the_schema(tmp_path):
+    cfg = tiny_config()
+    engine.run(cfg, tmp_path)
+    paths = run_paths(tmp_path, cfg)
+    assert paths.folder == tmp_path / "dataset=synthetic" / "method=joint"
+    row = pq.read_table(paths.row).to_pandas().iloc[0]
+    for column in ("run_id", "dataset", "method", "seed", "pair_key", "profile", "n_test",
+                   "final_acc", "final_acc_head_a", "final_acc_head_v", "final_macro_f1", "final_map",
+                   "final_rho", "best_val_acc", "best_val_epoch", "paper_max_acc", "paper_max_epoch",
+                   "git_sha", "torch_version", "device", "num_threads", "deterministic", "config_json",
+                   "hp_modality" if cfg.method == "unimodal" else "data_n_train", "code_version"):
+        assert column in row.index, column
+    assert row["final_n_correct"] == round(row["final_acc"] * row["n_test"])
+    assert row["paper_max_acc"] >= max(row["final_acc"], row["best_val_acc"])
+    assert json.loads(row["config_json"])["seed"] == 0
+    epochs = pq.read_table(paths.epochs).to_pandas()
+    assert epochs["epoch"].tolist() == list(range(cfg.epochs))
+    for column in ("train_loss", "train_rho", "val_acc", "test_acc", "test_acc_head_a", "test_acc_head_v",
+                   "test_rho", "lr"):
+        assert column in epochs.columns, column
+    assert row["paper_max_acc"] == epochs["test_acc"].max()
+    preds = pq.read_table(paths.preds).to_pandas()
+    assert set(preds["selection"]) == {"final", "best_val"}
+    assert len(preds) == 2 * cfg.data["n_test"]
+    final = preds[preds["selection"] == "final"]
+    assert (final["pred"] == final["y"]).mean() == pytest.approx(row["final_acc"])
+
+
+def test_validation_is_stratified_disjoint_and_fixed_by_the_split_seed():
+    cfg = tiny_config()
+    train = DATASETS.get("synthetic")(cfg).load().train
+    kept, val = carve_validation(train, 0.1, split_seed=0)
+    assert len(kept) + len(val) == len(train)
+    assert not set(kept.sample_id) & set(val.sample_id)
+    per_class = np.bincount(train.y.numpy())
+    assert np.bincount(val.y.numpy()).tolist() == [max(1, round(0.1 * n)) for n in per_class]
+    again, other = carve_validation(train, 0.1, 0)[1], carve_validation(train, 0.1, 1)[1]
+    assert again.sample_id == val.sample_id and other.sample_id != val.sample_id
+
+
+def test_the_run_seed_does_not_move_the_validation_or_test_split(monkeypatch, tmp_path):
+    splits = {}
+    original = engine.load_splits
+
+    def spy(dataset, cfg):
+        result = original(dataset, cfg)
+        splits[cfg.seed] = (result.val.sample_id, result.test.sample_id)
+        return result
+
+    monkeypatch.setattr(engine, "load_splits", spy)
+    engine.run(tiny_config(seed=0, epochs=1), tmp_path)
+    engine.run(tiny_config(seed=3, epochs=1), tmp_path)
+    assert splits[0] == splits[3]
+
+
+def test_calibrate_hook_runs_on_the_final_and_the_best_model(tmp_path):
+    calls = []
+
+    class Calibrated(Method):
+        name = "calibration-spy"
+
+        def calibrate(self, model, val, ctx):
+            calls.append(len(val))
+
+    METHODS.register(Calibrated)
+    engine.run(tiny_config("calibration-spy"), tmp_path)
+    assert calls == [24, 24]
+
+
+def test_an_unavailable_cuda_device_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(engine.RunFailed, match="CUDA is not available"):
+        engine.run(tiny_config(device="cuda"), tmp_path)

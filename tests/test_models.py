@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmbench.models import (
+    AudioEncoder,
+    ConcatFusion,
+    FiLMFusion,
+    GatedFusion,
+    ResNet18,
+    SmallCNN,
+    SumFusion,
+    VisualEncoder,
+    build_av_model,
+)
+
+from .conftest import tiny_config
+
+
+def test_concat_fusion_splits_weight_and_halves_bias():
+    torch.manual_seed(0)
+    fusion = ConcatFusion(3, 2, 4)
+    f_a, f_v = torch.randn(5, 3), torch.randn(5, 2)
+    out = fusion(f_a, f_v)
+    w, b = fusion.fc.weight, fusion.fc.bias
+    torch.testing.assert_close(out.logits, torch.cat([f_a, f_v], 1) @ w.T + b)
+    torch.testing.assert_close(out.logits_a, f_a @ w[:, :3].T + b / 2)
+    torch.testing.assert_close(out.logits_v, f_v @ w[:, 3:].T + b / 2)
+    torch.testing.assert_close(out.logits_a + out.logits_v, out.logits)
+
+
+def test_sum_fusion_logits_are_the_two_heads_added():
+    fusion = SumFusion(3, 2, 4)
+    f_a, f_v = torch.randn(5, 3), torch.randn(5, 2)
+    out = fusion(f_a, f_v)
+    torch.testing.assert_close(out.logits_a, fusion.fc_a(f_a))
+    torch.testing.assert_close(out.logits, fusion.fc_a(f_a) + fusion.fc_v(f_v))
+
+
+@pytest.mark.parametrize("fusion_cls", [FiLMFusion, GatedFusion])
+def test_film_and_gated_do_not_decompose(fusion_cls):
+    out = fusion_cls(3, 2, 4)(torch.randn(5, 3), torch.randn(5, 2))
+    assert out.logits.shape == (5, 4)
+    assert out.logits_a is None and out.logits_v is None and not fusion_cls.decomposes
+
+
+def test_film_uses_audio_to_scale_and_shift_visual():
+    fusion = FiLMFusion(3, 2, 4)
+    f_a, f_v = torch.randn(5, 3), torch.randn(5, 2)
+    gamma, beta = fusion.film(f_a).chunk(2, dim=-1)
+    torch.testing.assert_close(fusion(f_a, f_v).logits, fusion.fc(gamma * f_v + beta))
+
+
+def test_visual_encoder_folds_frames_and_averages_them():
+    encoder = VisualEncoder(SmallCNN(3, 4)).eval()
+    clip = torch.randn(2, 3, 3, 12, 12)
+    per_frame = torch.stack([encoder(clip[:, t:t + 1]) for t in range(3)], 1)
+    torch.testing.assert_close(encoder(clip), per_frame.mean(1), rtol=1e-5, atol=1e-6)
+
+
+def test_resnet18_encoders_give_512_features_with_a_one_channel_audio_stem():
+    audio = AudioEncoder(ResNet18(1)).eval()
+    visual = VisualEncoder(ResNet18(3)).eval()
+    assert audio.backbone.body[0].in_channels == 1
+    assert audio(torch.randn(2, 1, 64, 48)).shape == (2, 512)
+    assert visual(torch.randn(2, 2, 3, 32, 32)).shape == (2, 512)
+
+
+def test_channels_last_gives_the_same_features():
+    torch.manual_seed(0)
+    plain = build_av_model(tiny_config(), 6).eval()
+    torch.manual_seed(0)
+    fast = build_av_model(tiny_config(channels_last=True), 6).eval()
+    audio, visual = torch.randn(2, 1, 12, 12), torch.randn(2, 1, 3, 12, 12)
+    torch.testing.assert_close(plain(audio, visual).logits, fast(audio, visual).logits,
+                               rtol=1e-4, atol=1e-5)

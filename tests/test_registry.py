@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from mmbench import engine
+from mmbench.config import ConfigError, resolve
+from mmbench.data import carve_validation
+from mmbench.method import Method, RunContext
+from mmbench.registry import DATASETS, METHODS, Registry, UnknownNameError, load_plugin, normalize
+
+from .conftest import TINY, tiny_config
+
+
+def test_builtin_plugins_are_discovered():
+    assert {"joint", "unimodal"} <= set(METHODS.names())
+    assert "synthetic" in DATASETS.names()
+
+
+@pytest.mark.parametrize("spelling", ["unimodal", "UNIMODAL", " unimodal "])
+def test_names_are_normalized(spelling):
+    assert METHODS.get(spelling).name == "unimodal"
+
+
+def test_underscore_and_dash_are_the_same_name():
+    assert normalize("ogm_ge") == normalize("OGM-GE") == "ogm-ge"
+
+
+def test_unknown_name_suggests_closest_match():
+    with pytest.raises(UnknownNameError, match=r"did you mean joint\?"):
+        METHODS.get("jiont")
+    with pytest.raises(UnknownNameError, match="synthetic"):
+        DATASETS.get("synthetc")
+
+
+def test_registering_a_different_class_under_a_taken_name_fails():
+    registry = Registry("method", "mmbench.methods", "mmbench.methods.none")
+
+    class A(Method):
+        name = "dup"
+
+    class B(Method):
+        name = "DUP"
+
+    registry.register(A)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register(B)
+
+
+def _one_step(cfg):
+    """Build the method's model and run exactly one training step and one evaluation."""
+    device = torch.device("cpu")
+    dataset = DATASETS.get(cfg.dataset)(cfg)
+    splits = engine.load_splits(dataset, cfg)
+    ctx = RunContext(cfg, len(dataset.classes), device, engine.make_generators(cfg.seed, device))
+    method = METHODS.get(cfg.method)(ctx)
+    model = method.build(engine.build_av_model(cfg, ctx.num_classes), ctx)
+    optimizer = engine.build_optimizer(method.parameters(model, ctx), cfg)
+    before = [p.detach().clone() for p in model.parameters()]
+    batch = next(splits.train.batches(cfg.batch_size, ctx.generator("order")))
+    out, loss = method.train_step(model, dataset.transform(batch, True, ctx.generator("augment")),
+                                  optimizer, ctx)
+    changed = any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    evaluation = engine.evaluate(model, method, dataset, splits.test, ctx)
+    return out, loss, changed, evaluation
+
+
+FUSIONS = ["concat", "sum", "film", "gated"]
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_every_method_builds_and_trains_one_step(method, fusion):
+    try:
+        cfg = tiny_config(method, fusion=fusion)
+    except ConfigError:
+        pytest.skip(f"{method} is not defined for fusion {fusion}")
+    out, loss, changed, evaluation = _one_step(cfg)
+    assert torch.isfinite(loss)
+    assert out.logits.shape[1] == 6
+    assert changed, "one optimiser step must change some parameter"
+    assert 0.0 <= evaluation.metrics["acc"] <= 1.0
+    assert evaluation.logits.shape == (TINY["n_test"], 6)
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_every_dataset_loads_with_consistent_shapes(name):
+    cfg = resolve("joint", name, overrides=TINY) if name == "synthetic" else None
+    if cfg is None:
+        pytest.skip(f"{name} needs files on disk")
+    dataset = DATASETS.get(name)(cfg)
+    splits = dataset.load()
+    for split in (splits.train, splits.test):
+        assert split.audio.ndim == 4 and split.audio.shape[1] == 1
+        assert split.visual.ndim == 5 and split.visual.shape[2] == 3
+        assert int(split.y.max()) < len(dataset.classes)
+    train, val = carve_validation(splits.train, 0.1, 0)
+    assert not set(train.sample_id) & set(val.sample_id)
+    assert not set(val.sample_id) & set(splits.test.sample_id)
+
+
+def test_plugin_file_registers_a_method(tmp_path):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(textwrap.dedent('''
+        import torch.nn.functional as F
+        from mmbench.method import Method
+        from mmbench.registry import register_method
+
+        @register_method
+        class LabelSmoothed(Method):
+            name = "label_smoothed"
+            description = "joint training with label smoothing"
+            hparams = {"smoothing": 0.1}
+
+            def loss(self, out, batch, ctx):
+                return F.cross_entropy(out.logits, batch.y, label_smoothing=self.hp["smoothing"])
+    '''))
+    load_plugin(plugin)
+    assert METHODS.get("label-smoothed").hparams == {"smoothing": 0.1}
+    cfg = tiny_config("label-smoothed", smoothing=0.2)
+    assert cfg.hparams["smoothing"] == 0.2
+    _, loss, changed, _ = _one_step(cfg)
+    assert changed and torch.isfinite(loss)
+
+
+def test_missing_plugin_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ImportError, match="no such file"):
+        load_plugin(tmp_path / "absent.py")
+
+
+def test_entry_points_are_discovered(monkeypatch):
+    class FromEntryPoint(Method):
+        name = "from-entry-point"
+
+    class FakeEntryPoint:
+        name = "from-entry-point"
+
+        def load(self):
+            return FromEntryPoint
+
+    registry = Registry("method", "mmbench.methods", "mmbench.methods")
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group: [FakeEntryPoint()] if group == "mmbench.methods" else [])
+    assert registry.get("From_Entry_Point") is FromEntryPoint

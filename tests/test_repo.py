@@ -1,0 +1,46 @@
+"""House rules that keep the README, CI and packaging honest."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    return [line for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_opens_with_two_commands_that_ci_runs_verbatim():
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert "mmbench run --method joint --dataset synthetic" in commands[0]
+    assert "pytest" in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    for command in commands:
+        assert command in ci, f".ci/run must run the README command: {command}"
+
+
+@pytest.mark.slow
+def test_a_normal_install_finds_every_builtin_plugin(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--target", str(target), str(ROOT)], check=True, capture_output=True)
+    probe = ("import mmbench; from mmbench.registry import METHODS, DATASETS; "
+             "print(mmbench.__file__); print(','.join(METHODS.names())); print(','.join(DATASETS.names()))")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    lines = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert lines[0].startswith(str(target)), "the probe must import the installed copy"
+    installed = {p.stem for p in (ROOT / "methods").glob("[!_]*.py")}
+    assert installed <= set(lines[1].replace("-", "_").split(","))
+    assert "synthetic" in lines[2].split(",")
+    assert not (target / "methods").exists() and not (target / "datasets").exists(), \
+        "never install top-level packages named methods or datasets"
