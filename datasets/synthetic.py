@@ -36,7 +36,10 @@ class Synthetic(Dataset):
     help = {
         "n_train": "training clips (validation is carved from these)",
         "n_test": "test clips (fixed by data_seed, the same for every run seed)",
+        "num_classes": "number of classes",
         "data_seed": "seed of the generated data and of the test split",
+        "frames": "frames per clip (each with its own grating phase and place)",
+        "visual_envelope": "width (pixels) of the Gaussian window around the grating",
         "audio_size": "audio 'spectrogram' is audio_size x audio_size",
         "image_size": "frames are 3 x image_size x image_size",
         "audio_strength": "template amplitude over unit noise: higher = easier audio",

@@ -55,7 +55,8 @@ def list_command(
 def _registry_table(which: str) -> Table:
     registry = METHODS if which == "methods" else DATASETS
     table = Table(title=f"{which} ({len(registry.names())})", show_lines=True, title_justify="left")
-    for column in ("name", "description", "citation", "hyperparameters (default)"):
+    knob_header = "hyperparameters (default)" if which == "methods" else "settings (default)"
+    for column in ("name", "description", "citation", knob_header):
         table.add_column(column, overflow="fold")
     for name, cls in registry.items():
         knobs = cls.hparams if which == "methods" else cls.params
@@ -71,10 +72,15 @@ def _describe_knobs(cls: type, knobs: dict[str, Any]) -> str:
         per_dataset = {d: v[key] for d, v in getattr(cls, "dataset_hparams", {}).items() if key in v}
         if per_dataset:
             line += " [" + ", ".join(f"{d}: {v}" for d, v in per_dataset.items()) + "]"
+        if key in cls.help:
+            line += f": {cls.help[key]}"
         lines.append(line)
     profiles = sorted(getattr(cls, "profiles", {}))
     if profiles:
         lines.append("profiles: benchmark, " + ", ".join(profiles))
+    protocol = getattr(cls, "defaults", {})
+    if protocol:
+        lines.append("benchmark protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()))
     return "\n".join(lines) or "-"
 
 
@@ -134,6 +140,10 @@ def _execute(configs: list[RunConfig], out: Path) -> list[tuple[RunConfig, str]]
     from mmbench.progress import make_reporter
     from mmbench.results import is_done, run_paths
 
+    try:
+        engine.select_device(configs[0].device)
+    except engine.RunFailed as exc:
+        fail(str(exc))
     failures = []
     for cfg in configs:
         paths = run_paths(out, cfg)

@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +217,8 @@ def resolve(
         for key, value in layer.items():
             _apply(key, value, core, hparams, data, method_cls, dataset_cls)
 
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", core["device"]):
+        raise ConfigError(f"device={core['device']!r} is not allowed; choices: auto, cpu, cuda, cuda:N")
     cfg = RunConfig(method=method_cls.name, dataset=dataset_cls.name, seed=_to_int(seed),
                     hparams=hparams, data=data, **core)
     method_cls.check_config(cfg)

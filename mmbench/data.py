@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from mmbench.config import ConfigError, RunConfig
+from mmbench.registry import Plugin
 
 
 @dataclass
@@ -91,27 +92,17 @@ def carve_validation(train: TensorSplit, fraction: float, split_seed: int) -> tu
     return train.subset(torch.nonzero(keep).flatten()), train.subset(val)
 
 
-class Dataset:
+class Dataset(Plugin):
     """Base class of dataset adapters; register a subclass with `@register_dataset`."""
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    citation: ClassVar[str] = ""
-    version: ClassVar[int] = 1
     #: Knobs of the dataset itself (size, difficulty, ...), settable with --set.
     params: ClassVar[dict[str, Any]] = {}
-    choices: ClassVar[dict[str, tuple]] = {}
-    help: ClassVar[dict[str, str]] = {}
     #: Run-config defaults for this dataset (epochs, lr, encoder, ...): the benchmark protocol.
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.p = cfg.data
-
-    @classmethod
-    def check_config(cls, cfg: RunConfig) -> None:
-        """Raise ConfigError for settings this dataset cannot honour."""
 
     @property
     def classes(self) -> list[str]:

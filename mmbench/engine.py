@@ -12,14 +12,14 @@
 from __future__ import annotations
 
 import contextlib
-import copy
+import dataclasses
 import math
 import os
 import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -82,15 +82,18 @@ def make_generators(seed: int, device: torch.device) -> dict[str, torch.Generato
     the training device."""
     generators = {}
     for purpose in RNG_PURPOSES:
-        where = "cpu" if purpose in ("order", "global") else device
+        where = "cpu" if purpose == "order" else device
         generators[purpose] = torch.Generator(device=where).manual_seed(derive_seed(seed, purpose))
     return generators
 
 
-def build_optimizer(params: Any, cfg: RunConfig) -> torch.optim.Optimizer:
+def build_optimizer(params: Any, cfg: RunConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and its per-epoch StepLR schedule."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
 
 
 def load_splits(dataset: Dataset, cfg: RunConfig) -> Splits:
@@ -145,7 +148,7 @@ def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: TensorSp
 def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: TensorSplit,
                 optimizer: torch.optim.Optimizer, ctx: RunContext, reporter: Reporter) -> dict[str, float]:
     """One pass over the training split in the seeded order; returns the epoch's train stats."""
-    losses, correct, seen = [], 0, 0
+    losses, rhos, correct, seen = [], [], 0, 0
     for step, batch in enumerate(train.batches(ctx.cfg.batch_size, ctx.generator("order"))):
         ctx.step = step
         batch = dataset.transform(batch.to(ctx.device), train=True, generator=ctx.generator("augment"))
@@ -163,9 +166,20 @@ def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Tenso
             if out.logits_a is not None and out.logits_v is not None:
                 score_v = float(true_class_score(out.logits_v.detach(), batch.y))
                 score_a = float(true_class_score(out.logits_a.detach(), batch.y))
-                ctx.log(rho=imbalance_ratio(score_a, score_v))
+                rhos.append(imbalance_ratio(score_a, score_v))
         reporter.step(loss_value)
-    return {"train_loss": float(np.mean(losses)), "train_acc": correct / seen if seen else math.nan}
+    return {"train_loss": float(np.mean(losses)), "train_acc": correct / seen if seen else math.nan,
+            "train_rho": float(np.mean(rhos)) if rhos else math.nan}
+
+
+def build_model(method: Method, ctx: RunContext) -> nn.Module:
+    """The shared backbone from the "init" stream, then the method's additions from its own
+    seed, so that a method's extra parameters shift no stream that other methods share."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(ctx.cfg.seed, "init"))
+        backbone = build_av_model(ctx.cfg, ctx.num_classes)
+        torch.manual_seed(derive_seed(ctx.cfg.seed, "method-init"))
+        return method.build(backbone, ctx).to(ctx.device)
 
 
 class Checkpoint:
@@ -224,100 +238,115 @@ def _record_failure(paths: RunPaths, cfg: RunConfig, exc: BaseException) -> None
                               "config": cfg.to_dict(), "at": _now()})
 
 
+@dataclass
+class Progress:
+    """What the loop accumulates; saved in every checkpoint so a resumed run continues it."""
+
+    epoch_rows: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = -1
+    best_val_acc: float = -math.inf
+    train_time: float = 0.0
+    train_samples: int = 0
+
+
 def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     started, t0 = _now(), time.perf_counter()
     num_threads = configure_determinism(cfg)
     device = select_device(cfg.device)
     generators = make_generators(cfg.seed, device)
-    torch.manual_seed(derive_seed(cfg.seed, "global"))
+    torch.manual_seed(derive_seed(cfg.seed, "global"))  # for anything that draws unseeded
 
     dataset = DATASETS.get(cfg.dataset)(cfg)
     splits = load_splits(dataset, cfg)
     steps = math.ceil(len(splits.train) / cfg.batch_size)
     ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps)
     method: Method = METHODS.get(cfg.method)(ctx)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        backbone = build_av_model(cfg, ctx.num_classes)
-        torch.manual_seed(derive_seed(cfg.seed, "method-init"))
-        model = method.build(backbone, ctx).to(device)
-    optimizer = build_optimizer(method.parameters(model, ctx), cfg)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-
+    model = build_model(method, ctx)
+    optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)
     checkpoint = Checkpoint(paths)
-    epoch_rows: list[dict[str, Any]] = []
-    best = {"epoch": -1, "val_acc": -math.inf}
-    train_time, train_samples = 0.0, 0
+    progress = Progress()
     state = checkpoint.load(checkpoint.last)
     if state is not None:
-        method.load_state_dict(state["method"], model)
-        model.load_state_dict(state["model"])
-        optimizer = build_optimizer(method.parameters(model, ctx), cfg)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
-        scheduler.load_state_dict(state["scheduler"])
-        for purpose, rng_state in state["generators"].items():
-            generators[purpose].set_state(rng_state)
-        torch.set_rng_state(state["torch_rng"])
-        epoch_rows, best = state["epoch_rows"], state["best"]
-        train_time, train_samples = state["train_time"], state["train_samples"]
-    start_epoch = len(epoch_rows)
-    reporter.run_started(cfg, cfg.epochs, steps, start_epoch)
+        optimizer, scheduler, progress = _restore(state, model, method, ctx)
+    reporter.run_started(cfg, cfg.epochs, steps, len(progress.epoch_rows))
 
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(len(progress.epoch_rows), cfg.epochs):
         ctx.epoch = epoch
         epoch_t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         method.on_epoch_start(model, ctx)
         train_stats = train_epoch(model, method, dataset, splits.train, optimizer, ctx, reporter)
-        train_time += time.perf_counter() - epoch_t0
-        train_samples += len(splits.train)
+        progress.train_time += time.perf_counter() - epoch_t0
+        progress.train_samples += len(splits.train)
         scheduler.step()
         method.on_epoch_end(model, ctx)
-        row = {"run_id": cfg.run_id, "epoch": ctx.epoch, "lr": lr, **train_stats}
-        row.update({f"train_{k}": v for k, v in ctx.pop_epoch_logs().items()})
-        row.update({f"diag_{k}": float(v) for k, v in method.diagnostics().items()})
+        row = {"run_id": cfg.run_id, "epoch": epoch, "lr": lr, **train_stats}
+        diagnostics = {**ctx.pop_epoch_logs(), **method.diagnostics()}
+        row.update({f"diag_{k}": float(v) for k, v in diagnostics.items()})
         for split_name, split in (("val", splits.val), ("test", splits.test)):
             metrics = evaluate(model, method, dataset, split, ctx).metrics
             row.update({f"{split_name}_{k}": v for k, v in metrics.items()})
         row["epoch_wall_s"] = time.perf_counter() - epoch_t0
-        epoch_rows.append(row)
-        if row["val_acc"] > best["val_acc"]:
-            best = {"epoch": ctx.epoch, "val_acc": row["val_acc"]}
+        progress.epoch_rows.append(row)
+        if row["val_acc"] > progress.best_val_acc:
+            progress.best_epoch, progress.best_val_acc = epoch, row["val_acc"]
             checkpoint.save(checkpoint.best, {"model": model.state_dict(), "method": method.state_dict()})
         checkpoint.save(checkpoint.last, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "method": method.state_dict(),
-            "generators": {k: g.get_state() for k, g in generators.items()},
-            "torch_rng": torch.get_rng_state(), "epoch_rows": epoch_rows, "best": best,
-            "train_time": train_time, "train_samples": train_samples,
+            "model": model.state_dict(), "method": method.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "generators": {k: g.get_state() for k, g in generators.items()}, "torch_rng": _global_rng(),
+            "progress": dataclasses.asdict(progress),
         })
         reporter.epoch_finished(row)
 
-    selections = {"final": model}
+    evaluations = {"final": _evaluate_selected(model, method, dataset, splits, ctx)}
     best_state = checkpoint.load(checkpoint.best)
     if best_state is not None:
-        best_model = copy.deepcopy(model)
+        best_model = build_model(method, ctx)
         method.load_state_dict(best_state["method"], best_model)
         best_model.load_state_dict(best_state["model"])
-        selections["best_val"] = best_model
-    evaluations: dict[str, Evaluation] = {}
-    for selection, selected in selections.items():
-        method.calibrate(selected, splits.val, ctx)
-        evaluations[selection] = evaluate(selected, method, dataset, splits.test, ctx)
+        evaluations["best_val"] = _evaluate_selected(best_model, method, dataset, splits, ctx)
 
-    row = _run_row(cfg, dataset, splits, evaluations, epoch_rows, best)
+    row = _run_row(cfg, dataset, splits, evaluations, progress)
     row.update(_provenance(device, num_threads, started, time.perf_counter() - t0,
-                           train_samples / train_time if train_time else math.nan))
-    write_run(paths, row, epoch_rows, _prediction_columns(cfg.run_id, splits.test, evaluations))
+                           progress.train_samples / progress.train_time if progress.train_time else math.nan))
+    write_run(paths, row, progress.epoch_rows, _prediction_columns(cfg.run_id, splits.test, evaluations))
     checkpoint.remove()
     reporter.run_finished(row)
     return row
 
 
+def _global_rng() -> dict[str, Any]:
+    return {"cpu": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _restore(state: dict[str, Any], model: nn.Module, method: Method,
+             ctx: RunContext) -> tuple[torch.optim.Optimizer, Any, Progress]:
+    """Back to the end of the last checkpointed epoch: weights, optimiser, schedule, streams."""
+    method.load_state_dict(state["method"], model)  # may grow the model first
+    model.load_state_dict(state["model"])
+    optimizer, scheduler = build_optimizer(method.parameters(model, ctx), ctx.cfg)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    for purpose, rng_state in state["generators"].items():
+        ctx.generators[purpose].set_state(rng_state)
+    torch.set_rng_state(state["torch_rng"]["cpu"])
+    if state["torch_rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_rng"]["cuda"])
+    return optimizer, scheduler, Progress(**state["progress"])
+
+
+def _evaluate_selected(model: nn.Module, method: Method, dataset: Dataset, splits: Splits,
+                       ctx: RunContext) -> Evaluation:
+    """Post-hoc calibration on validation (a no-op for most methods), then the test set."""
+    method.calibrate(model, splits.val, ctx)
+    return evaluate(model, method, dataset, splits.test, ctx)
+
+
 def _run_row(cfg: RunConfig, dataset: Dataset, splits: Splits, evaluations: dict[str, Evaluation],
-             epoch_rows: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+             progress: Progress) -> dict[str, Any]:
     row: dict[str, Any] = {"run_id": cfg.run_id, "status": "ok", **config_columns(cfg)}
     row.update({"pair_key": cfg.seed, "crn": True, "classes": ",".join(dataset.classes),
                 "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test)})
@@ -325,9 +354,9 @@ def _run_row(cfg: RunConfig, dataset: Dataset, splits: Splits, evaluations: dict
         evaluation = evaluations.get(selection, evaluations["final"])
         row.update({f"{selection}_{k}": v for k, v in evaluation.metrics.items()})
     row["code_version"] = cfg.code_version()
-    row["best_val_epoch"] = best["epoch"]
-    row["best_val_val_acc"] = best["val_acc"]
-    test_accs = [r["test_acc"] for r in epoch_rows]
+    row["best_val_epoch"] = progress.best_epoch
+    row["best_val_val_acc"] = progress.best_val_acc
+    test_accs = [r["test_acc"] for r in progress.epoch_rows]
     # "Paper protocol": the maximum test accuracy over epochs, as the official codes report.
     # It selects on the test set and is optimistic; stored only to show the gap.
     row["paper_max_acc"] = max(test_accs) if test_accs else math.nan

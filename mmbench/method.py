@@ -23,10 +23,12 @@ from torch import nn
 from mmbench.config import ConfigError, RunConfig
 from mmbench.data import Batch, TensorSplit
 from mmbench.models import AVModel, Outputs
+from mmbench.registry import Plugin
 
-#: Independent random streams of a run. Seed s gives every method the same "init",
-#: "order" and "augment" streams (common random numbers); "method" is private to the method.
-RNG_PURPOSES = ("init", "order", "augment", "method", "global")
+#: Independent random streams of a run, as generators in `RunContext.generators`. Seed s
+#: gives every method the same "order" and "augment" streams and the same encoder init
+#: (seeded from `derive_seed(s, "init")`): common random numbers. "method" is the method's own.
+RNG_PURPOSES = ("order", "augment", "method")
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -72,18 +74,11 @@ class RunContext:
         return means
 
 
-class Method:
+class Method(Plugin):
     """Base class of methods; register a subclass with `@register_method`."""
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    citation: ClassVar[str] = ""
-    #: Bump when a change alters the numbers this method produces (enters the run_id).
-    version: ClassVar[int] = 1
     #: Hyperparameters with defaults; the default's type is the type --set must parse to.
     hparams: ClassVar[dict[str, Any]] = {}
-    choices: ClassVar[dict[str, tuple]] = {}
-    help: ClassVar[dict[str, str]] = {}
     #: Per-dataset hyperparameter defaults where the paper used other values.
     dataset_hparams: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Run-config overrides per profile and dataset: {"official": {"cremad": {...}}}.

@@ -68,30 +68,20 @@ class ResNet18(nn.Module):
         return self.body(x)
 
 
-class AudioEncoder(nn.Module):
+class Encoder(nn.Module):
+    """A 2-D backbone mean-pooled to a feature vector. Audio (B, 1, F, T) passes as it is;
+    visual (B, T, 3, H, W) has its frames folded into the batch and averaged afterwards."""
+
     def __init__(self, backbone: nn.Module, channels_last: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.out_dim = backbone.out_dim
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        audio = audio.contiguous(memory_format=self.memory_format)
-        return self.backbone.forward_map(audio).mean(dim=(-2, -1))
-
-
-class VisualEncoder(nn.Module):
-    def __init__(self, backbone: nn.Module, channels_last: bool = False) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.out_dim = backbone.out_dim
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def forward(self, visual: torch.Tensor) -> torch.Tensor:
-        b, t = visual.shape[:2]
-        frames = visual.flatten(0, 1).contiguous(memory_format=self.memory_format)
-        fmap = self.backbone.forward_map(frames)  # (B*T, D, h, w)
-        return fmap.unflatten(0, (b, t)).mean(dim=(1, 3, 4))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frames = x.shape[1] if x.ndim == 5 else 1
+        fmap = self.backbone.forward_map(x.flatten(0, x.ndim - 4).contiguous(memory_format=self.memory_format))
+        return fmap.unflatten(0, (-1, frames)).mean(dim=(1, 3, 4))
 
 
 def build_encoder(kind: str, in_channels: int, width: int) -> nn.Module:
@@ -187,8 +177,8 @@ class AVModel(nn.Module):
 
 def build_av_model(cfg: RunConfig, num_classes: int) -> AVModel:
     """The default model: two encoders of `cfg.encoder` and the `cfg.fusion` head."""
-    audio = AudioEncoder(build_encoder(cfg.encoder, 1, cfg.encoder_width), cfg.channels_last)
-    visual = VisualEncoder(build_encoder(cfg.encoder, 3, cfg.encoder_width), cfg.channels_last)
+    audio = Encoder(build_encoder(cfg.encoder, 1, cfg.encoder_width), cfg.channels_last)
+    visual = Encoder(build_encoder(cfg.encoder, 3, cfg.encoder_width), cfg.channels_last)
     fusion = FUSIONS[cfg.fusion](audio.out_dim, visual.out_dim, num_classes)
     model = AVModel(audio, visual, fusion)
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model

@@ -13,11 +13,28 @@ import importlib.metadata
 import importlib.util
 import pkgutil
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 T = TypeVar("T", bound=type)
+
+
+class Plugin:
+    """What every registered method and dataset declares about itself."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    #: Bump when a change alters the numbers this plugin produces (it enters the run_id).
+    version: ClassVar[int] = 1
+    #: Allowed values of a hyperparameter or knob, where they are a closed set.
+    choices: ClassVar[dict[str, tuple]] = {}
+    #: One line per hyperparameter or knob, for `mmbench list`.
+    help: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Raise ConfigError for settings this plugin cannot honour."""
 
 
 class UnknownNameError(LookupError):
@@ -131,5 +148,3 @@ def load_plugins(paths: list[str] | None) -> None:
     for path in paths or []:
         load_plugin(path)
 
-
-RegisterFn = Callable[[T], T]

@@ -111,6 +111,16 @@ def test_plugin_option_adds_a_method(tmp_path):
     assert read_runs(tmp_path / "r")["method"].tolist() == ["frozen-audio"]
 
 
+def test_cuda_on_a_machine_without_it_fails_before_any_run(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = invoke("run", "-m", "joint", "--device", "cuda", "--out", str(tmp_path))
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "a"], "--seeds 'a'"),
     (["--profile", "paper"], "profile='paper' is not allowed"),

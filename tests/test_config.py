@@ -55,6 +55,7 @@ def test_method_hyperparameters_and_dataset_params_route_by_name():
     ({"fusion": "late"}, r"fusion='late' is not allowed; choices: concat, sum, film, gated"),
     ({"modality": "text"}, r"modality='text' is not allowed; choices: audio, visual"),
     ({"foo.lr": "1"}, r"unknown key 'foo.lr'"),
+    ({"device": "gpu"}, r"device='gpu' is not allowed; choices: auto, cpu, cuda, cuda:N"),
 ])
 def test_invalid_settings_fail_with_one_line_naming_the_key(overrides, message):
     method = "unimodal" if "modality" in overrides else "joint"

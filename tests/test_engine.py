@@ -220,18 +220,46 @@ def test_the_run_seed_does_not_move_the_validation_or_test_split(monkeypatch, tm
     assert splits[0] == splits[3]
 
 
-def test_calibrate_hook_runs_on_the_final_and_the_best_model(tmp_path):
-    calls = []
+class EpochTracking(Method):
+    """Keeps the last trained epoch as method state and logs a per-step diagnostic."""
 
-    class Calibrated(Method):
-        name = "calibration-spy"
+    name = "epoch-tracking"
+    calibrated: list[int] = []
 
-        def calibrate(self, model, val, ctx):
-            calls.append(len(val))
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.last_epoch = -1
 
-    METHODS.register(Calibrated)
-    engine.run(tiny_config("calibration-spy"), tmp_path)
-    assert calls == [24, 24]
+    def after_backward(self, model, out, batch, ctx):
+        ctx.log(step_parity=ctx.step % 2)
+
+    def on_epoch_end(self, model, ctx):
+        self.last_epoch = ctx.epoch
+
+    def diagnostics(self):
+        return {"last_epoch": self.last_epoch}
+
+    def state_dict(self):
+        return {"last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state, model):
+        self.last_epoch = state["last_epoch"]
+
+    def calibrate(self, model, val, ctx):
+        EpochTracking.calibrated.append((self.last_epoch, len(val)))
+
+
+def test_each_selection_is_calibrated_with_its_own_method_state(tmp_path):
+    METHODS.register(EpochTracking)
+    EpochTracking.calibrated.clear()
+    cfg = tiny_config("epoch-tracking", epochs=3)
+    row = engine.run(cfg, tmp_path)
+    n_val = row["n_val"]
+    assert EpochTracking.calibrated == [(2, n_val), (row["best_val_epoch"], n_val)]
+    epochs = pq.read_table(run_paths(tmp_path, cfg).epochs).to_pandas()
+    assert epochs["diag_last_epoch"].tolist() == [0, 1, 2]
+    steps = -(-row["n_train"] // cfg.batch_size)
+    assert epochs["diag_step_parity"].iloc[0] == pytest.approx(sum(s % 2 for s in range(steps)) / steps)
 
 
 def test_an_unavailable_cuda_device_is_a_clear_error(tmp_path):

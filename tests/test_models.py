@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from mmbench.models import (
-    AudioEncoder,
     ConcatFusion,
+    Encoder,
     FiLMFusion,
     GatedFusion,
     ResNet18,
     SmallCNN,
     SumFusion,
-    VisualEncoder,
     build_av_model,
 )
 
@@ -53,15 +52,19 @@ def test_film_uses_audio_to_scale_and_shift_visual():
 
 
 def test_visual_encoder_folds_frames_and_averages_them():
-    encoder = VisualEncoder(SmallCNN(3, 4)).eval()
+    encoder = Encoder(SmallCNN(3, 4)).eval()
     clip = torch.randn(2, 3, 3, 12, 12)
     per_frame = torch.stack([encoder(clip[:, t:t + 1]) for t in range(3)], 1)
     torch.testing.assert_close(encoder(clip), per_frame.mean(1), rtol=1e-5, atol=1e-6)
+    spatial_mean = encoder.backbone.forward_map(clip[:, 0]).mean(dim=(2, 3))
+    torch.testing.assert_close(encoder(clip[:, :1]), spatial_mean)
+    spatial_mean = encoder.backbone.forward_map(clip[:, 0]).mean(dim=(2, 3))
+    torch.testing.assert_close(encoder(clip[:, :1]), spatial_mean)
 
 
 def test_resnet18_encoders_give_512_features_with_a_one_channel_audio_stem():
-    audio = AudioEncoder(ResNet18(1)).eval()
-    visual = VisualEncoder(ResNet18(3)).eval()
+    audio = Encoder(ResNet18(1)).eval()
+    visual = Encoder(ResNet18(3)).eval()
     assert audio.backbone.body[0].in_channels == 1
     assert audio(torch.randn(2, 1, 64, 48)).shape == (2, 512)
     assert visual(torch.randn(2, 2, 3, 32, 32)).shape == (2, 512)

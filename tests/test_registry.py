@@ -57,7 +57,7 @@ def _one_step(cfg):
     ctx = RunContext(cfg, len(dataset.classes), device, engine.make_generators(cfg.seed, device))
     method = METHODS.get(cfg.method)(ctx)
     model = method.build(engine.build_av_model(cfg, ctx.num_classes), ctx)
-    optimizer = engine.build_optimizer(method.parameters(model, ctx), cfg)
+    optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
     before = [p.detach().clone() for p in model.parameters()]
     batch = next(splits.train.batches(cfg.batch_size, ctx.generator("order")))
     out, loss = method.train_step(model, dataset.transform(batch, True, ctx.generator("augment")),
@@ -83,6 +83,11 @@ def test_every_method_builds_and_trains_one_step(method, fusion):
     assert changed, "one optimiser step must change some parameter"
     assert 0.0 <= evaluation.metrics["acc"] <= 1.0
     assert evaluation.logits.shape == (TINY["n_test"], 6)
+
+
+def test_resnet18_encoders_train_one_step():
+    out, loss, changed, _ = _one_step(tiny_config(encoder="resnet18", image_size=32, audio_size=32, n_test=16))
+    assert changed and torch.isfinite(loss) and out.feat_a.shape[1] == 512
 
 
 @pytest.mark.parametrize("name", DATASETS.names())

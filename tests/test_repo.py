@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +31,12 @@ def test_readme_opens_with_two_commands_that_ci_runs_verbatim():
 
 @pytest.mark.slow
 def test_a_normal_install_finds_every_builtin_plugin(tmp_path):
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "src"
+    # Build from a copy so that setuptools' build/ folder never lands in the checkout.
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "results", "*.egg-info",
+                                                                 "__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--target", str(target), str(ROOT)], check=True, capture_output=True)
+                    "--target", str(target), str(source)], check=True, capture_output=True)
     probe = ("import mmbench; from mmbench.registry import METHODS, DATASETS; "
              "print(mmbench.__file__); print(','.join(METHODS.names())); print(','.join(DATASETS.names()))")
     env = {**os.environ, "PYTHONPATH": str(target)}
