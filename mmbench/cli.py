@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmbench import config as config_mod
@@ -60,7 +61,8 @@ def _registry_table(which: str) -> Table:
         table.add_column(column, overflow="fold")
     for name, cls in registry.items():
         knobs = cls.hparams if which == "methods" else cls.params
-        table.add_row(name, cls.description, cls.citation, _describe_knobs(cls, knobs))
+        table.add_row(*(escape(text) for text in (name, cls.description, cls.citation,
+                                                  _describe_knobs(cls, knobs))))
     return table
 
 

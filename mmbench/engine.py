@@ -160,13 +160,13 @@ def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Tenso
                 f"lower the learning rate (lr={ctx.cfg.lr}) or check the inputs"
             )
         losses.append(loss_value)
-        if out.logits.shape[0] == len(batch):
-            correct += int((out.logits.argmax(1) == batch.y).sum())
-            seen += len(batch)
-            if out.logits_a is not None and out.logits_v is not None:
-                score_v = float(true_class_score(out.logits_v.detach(), batch.y))
-                score_a = float(true_class_score(out.logits_a.detach(), batch.y))
-                rhos.append(imbalance_ratio(score_a, score_v))
+        y = out.targets(batch.y)
+        correct += int((out.logits.argmax(1) == y).sum())
+        seen += len(y)
+        if out.logits_a is not None and out.logits_v is not None:
+            score_a = float(true_class_score(out.logits_a.detach(), y))
+            score_v = float(true_class_score(out.logits_v.detach(), y))
+            rhos.append(imbalance_ratio(score_a, score_v))
         reporter.step(loss_value)
     return {"train_loss": float(np.mean(losses)), "train_acc": correct / seen if seen else math.nan,
             "train_rho": float(np.mean(rhos)) if rhos else math.nan}

@@ -125,7 +125,7 @@ class Method(Plugin):
         return model(batch.audio, batch.visual)
 
     def loss(self, out: Outputs, batch: Batch, ctx: RunContext) -> torch.Tensor:
-        return F.cross_entropy(out.logits, batch.y)
+        return F.cross_entropy(out.logits, out.targets(batch.y))
 
     def after_backward(self, model: nn.Module, out: Outputs, batch: Batch, ctx: RunContext) -> None:
         """Gradient surgery between backward and the optimiser step."""

@@ -22,7 +22,8 @@ class Outputs:
     """What a forward pass gives every method and metric, under the same names.
 
     `logits_a`/`logits_v` are per-modality logits that add up to `logits` (concat and sum
-    fusion, unimodal heads); they are None where the fusion does not decompose.
+    fusion, unimodal heads); they are None where the fusion does not decompose. `keep` marks
+    the samples of the batch the outputs refer to, when a forward pass removed some (OPM).
     """
 
     logits: torch.Tensor
@@ -30,6 +31,11 @@ class Outputs:
     logits_v: torch.Tensor | None = None
     feat_a: torch.Tensor | None = None
     feat_v: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+
+    def targets(self, y: torch.Tensor) -> torch.Tensor:
+        """The labels that line up with these outputs."""
+        return y if self.keep is None else y[self.keep]
 
 
 class SmallCNN(nn.Module):

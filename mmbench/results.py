@@ -95,7 +95,8 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def write_run(paths: RunPaths, row: dict[str, Any], epochs: list[dict[str, Any]],
               preds: dict[str, list]) -> None:
     """Side tables first, the run row last: a run row on disk means a complete run."""
-    write_table(paths.epochs, pa.Table.from_pylist(epochs))
+    # Columns are the union over epochs: a diagnostic may start only after a warm-up.
+    write_table(paths.epochs, pa.Table.from_pandas(pd.DataFrame(epochs), preserve_index=False))
     write_table(paths.preds, pa.table(preds))
     write_table(paths.row, pa.Table.from_pylist([row]))
     paths.failed.unlink(missing_ok=True)

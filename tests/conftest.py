@@ -26,3 +26,51 @@ def tiny() -> Any:
 @pytest.fixture
 def out(tmp_path):
     return tmp_path / "results"
+
+
+def train_steps(cfg: RunConfig, steps: int):
+    """Build the method's model from the seed and run `steps` training steps; returns
+    (initial state, trained model, context), for tests that look inside a model."""
+    import torch
+
+    from mmbench import engine
+    from mmbench.method import RunContext
+    from mmbench.registry import DATASETS, METHODS
+
+    device = torch.device("cpu")
+    dataset = DATASETS.get(cfg.dataset)(cfg)
+    splits = engine.load_splits(dataset, cfg)
+    ctx = RunContext(cfg, len(dataset.classes), device, engine.make_generators(cfg.seed, device))
+    method = METHODS.get(cfg.method)(ctx)
+    model = engine.build_model(method, ctx)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
+    done = 0
+    while done < steps:
+        for batch in splits.train.batches(cfg.batch_size, ctx.generator("order")):
+            method.train_step(model, dataset.transform(batch, True, ctx.generator("augment")), optimizer, ctx)
+            done += 1
+            if done == steps:
+                break
+    return initial, model, ctx
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory):
+    """Full-size synthetic runs on the default protocol, each computed once per session."""
+    import pyarrow.parquet as pq
+
+    from mmbench import engine
+    from mmbench.results import run_paths
+
+    out = tmp_path_factory.mktemp("synthetic-results")
+
+    def run(method: str, seed: int, **overrides: Any) -> dict[str, Any]:
+        cfg = resolve(method, "synthetic", seed, overrides=overrides)
+        paths = run_paths(out, cfg)
+        if paths.row.exists():
+            return pq.read_table(paths.row).to_pylist()[0]
+        return engine.run(cfg, out)
+
+    run.out = out
+    return run

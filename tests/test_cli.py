@@ -21,7 +21,8 @@ def invoke(*args: str):
 def test_list_shows_methods_datasets_citations_and_defaults():
     result = invoke("list")
     assert result.exit_code == 0
-    for text in ("joint", "unimodal", "modality=audio", "synthetic", "n_train=2400", "Peng et al."):
+    for text in ("joint", "unimodal", "modality=audio", "synthetic", "n_train=2400", "Peng et al.",
+                 "alpha=0.1 [cremad: 0.8,", "ogm-ge", "opm", "q_base=0.5"):
         assert text in result.output, text
     methods_only = invoke("list", "methods")
     assert "joint" in methods_only.output and "n_train=" not in methods_only.output

@@ -232,6 +232,8 @@ class EpochTracking(Method):
 
     def after_backward(self, model, out, batch, ctx):
         ctx.log(step_parity=ctx.step % 2)
+        if ctx.epoch > 0:  # a diagnostic that starts after a warm-up epoch
+            ctx.log(after_warmup=1.0)
 
     def on_epoch_end(self, model, ctx):
         self.last_epoch = ctx.epoch
@@ -258,6 +260,7 @@ def test_each_selection_is_calibrated_with_its_own_method_state(tmp_path):
     assert EpochTracking.calibrated == [(2, n_val), (row["best_val_epoch"], n_val)]
     epochs = pq.read_table(run_paths(tmp_path, cfg).epochs).to_pandas()
     assert epochs["diag_last_epoch"].tolist() == [0, 1, 2]
+    assert epochs["diag_after_warmup"].isna().tolist() == [True, False, False]
     steps = -(-row["n_train"] // cfg.batch_size)
     assert epochs["diag_step_parity"].iloc[0] == pytest.approx(sum(s % 2 for s in range(steps)) / steps)
 

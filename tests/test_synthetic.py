@@ -6,7 +6,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mmbench import engine
 from mmbench.config import resolve
 from mmbench.registry import DATASETS
 from mmbench.results import run_paths
@@ -39,20 +38,18 @@ def test_audio_confusion_caps_what_audio_can_tell(confusion):
 
 
 @pytest.mark.slow
-def test_joint_training_leaves_the_visual_modality_under_trained(tmp_path):
+def test_joint_training_leaves_the_visual_modality_under_trained(synthetic_run):
     gaps = []
     for seed in SEEDS:
-        joint = engine.run(resolve("joint", "synthetic", seed), tmp_path)
-        visual_only = engine.run(resolve("unimodal", "synthetic", seed, overrides={"modality": "visual"}),
-                                 tmp_path)
-        audio_only = engine.run(resolve("unimodal", "synthetic", seed, overrides={"modality": "audio"}),
-                                tmp_path)
+        joint = synthetic_run("joint", seed)
+        visual_only = synthetic_run("unimodal", seed, modality="visual")
+        audio_only = synthetic_run("unimodal", seed, modality="audio")
         # Both modalities are informative on their own ...
         assert visual_only["best_val_acc"] > 0.6 and audio_only["best_val_acc"] > 0.6
         # ... audio is learned fast: after one epoch of joint training it is near its ceiling,
-        epochs = pq.read_table(run_paths(tmp_path, resolve("joint", "synthetic", seed)).epochs).to_pandas()
-        assert epochs["test_acc_head_a"].iloc[0] > 0.6
-        assert epochs["test_acc_head_v"].iloc[0] < 0.35
+        epochs = pq.read_table(run_paths(synthetic_run.out, resolve("joint", "synthetic", seed)).epochs)
+        assert epochs["test_acc_head_a"][0].as_py() > 0.6
+        assert epochs["test_acc_head_v"][0].as_py() < 0.35
         # ... and joint training leaves visual clearly below what visual alone reaches.
         gap = visual_only["final_acc"] - joint["final_acc_head_v"]
         assert gap > 0.1, f"seed {seed}: visual alone {visual_only['final_acc']:.3f}, " \
