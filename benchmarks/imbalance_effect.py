@@ -16,12 +16,14 @@ from mmbench.config import expand, parse_seeds, parse_sets
 from mmbench.results import is_done, read_runs, run_paths
 from mmbench.stats import paired_comparison
 
-METRICS = {"fused": "best_val_acc", "audio": "best_val_acc_head_a", "visual": "best_val_acc_head_v"}
+METRICS = {"fused": "best_val_acc", "audio": "best_val_acc_head_a", "visual": "best_val_acc_head_v",
+           "D3 share_a": "best_val_d3_logit_share_a", "D4 audio": "best_val_d4_audio_decides",
+           "D4 excess": "best_val_d4_excess_audio"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="ogm-ge,ogm,opm")
+    parser.add_argument("--methods", default="ogm-ge,ogm,opm,aug,dlc")
     parser.add_argument("--baseline", default="joint")
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--seeds", default="0-4")
@@ -40,11 +42,14 @@ def main() -> None:
     baseline = by_method[args.baseline]
     print(f"{args.dataset}, seeds {seeds}, test accuracy (pp) at the best-validation epoch, "
           f"paired by seed against {args.baseline}")
-    print(f"{'method':10} {'metric':7} {'baseline':>9} {'method':>9} {'mean diff':>10} {'95% CI':>18} {'p':>8}")
+    print("accuracies in pp; D3 = audio's share of the logit norm, D4 = share of audio-visual "
+          "disagreements the fused prediction gives to audio, D4 excess = D4 minus audio's share of the "
+          "disagreements it gets right (all x100)")
+    print(f"{'method':10} {'metric':10} {'baseline':>9} {'method':>9} {'mean diff':>10} {'95% CI':>18} {'p':>8}")
     for method in methods[1:]:
         for label, column in METRICS.items():
             c = paired_comparison(by_method[method][column].to_numpy() * 100, baseline[column].to_numpy() * 100)
-            print(f"{method:10} {label:7} {baseline[column].mean() * 100:9.2f} "
+            print(f"{method:10} {label:10} {baseline[column].mean() * 100:9.2f} "
                   f"{by_method[method][column].mean() * 100:9.2f} {c.mean_diff:+10.2f} "
                   f"[{c.ci_low:+7.2f}, {c.ci_high:+7.2f}] {c.p_value:8.4f}")
 

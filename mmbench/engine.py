@@ -19,6 +19,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,10 +35,15 @@ from torch import nn  # noqa: E402
 
 import mmbench  # noqa: E402
 from mmbench.config import RunConfig  # noqa: E402
-from mmbench.data import Dataset, Splits, TensorSplit, carve_validation  # noqa: E402
+from mmbench.data import Batch, Dataset, Splits, TensorSplit, carve_validation  # noqa: E402
 from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
-from mmbench.metrics import classification_metrics, imbalance_ratio, true_class_score  # noqa: E402
-from mmbench.models import build_av_model  # noqa: E402
+from mmbench.metrics import (  # noqa: E402
+    classification_metrics,
+    decision_layer_diagnostics,
+    imbalance_ratio,
+    true_class_score,
+)
+from mmbench.models import Outputs, build_av_model  # noqa: E402
 from mmbench.registry import DATASETS, METHODS  # noqa: E402
 from mmbench.results import RunPaths, config_columns, run_paths, write_json, write_run  # noqa: E402
 
@@ -114,35 +120,46 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: TensorSplit,
-             ctx: RunContext) -> Evaluation:
+def infer(model: nn.Module, split: TensorSplit, dataset: Dataset, ctx: RunContext,
+          forward: Callable[[Batch], Outputs]) -> dict[str, torch.Tensor]:
+    """`forward` over a split in eval mode: logits, per-modality logits and feature norms (CPU)."""
+    was_training = model.training
     model.eval()
-    parts: dict[str, list[torch.Tensor]] = {"logits": [], "logits_a": [], "logits_v": []}
+    parts: dict[str, list[torch.Tensor]] = {}
     for batch in split.batches(ctx.cfg.eval_batch_size):
         batch = dataset.transform(batch.to(ctx.device), train=False, generator=ctx.generator("augment"))
         with ctx.autocast():
-            out = method.predict(model, batch, ctx)
-        for key in parts:
-            value = getattr(out, key)
+            out = forward(batch)
+        values = {"logits": out.logits, "logits_a": out.logits_a, "logits_v": out.logits_v,
+                  "feat_norm_a": None if out.feat_a is None else out.feat_a.float().norm(dim=1),
+                  "feat_norm_v": None if out.feat_v is None else out.feat_v.float().norm(dim=1)}
+        for key, value in values.items():
             if value is not None:
-                parts[key].append(value.float().cpu())
-    model.train()
+                parts.setdefault(key, []).append(value.float().cpu())
+    model.train(was_training)
+    return {key: torch.cat(chunks) for key, chunks in parts.items()}
+
+
+def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: TensorSplit,
+             ctx: RunContext) -> Evaluation:
+    parts = infer(model, split, dataset, ctx, lambda batch: method.predict(model, batch, ctx))
+    logits, logits_a, logits_v = parts["logits"], parts.get("logits_a"), parts.get("logits_v")
     y = split.y.numpy()
-    logits = torch.cat(parts["logits"])
     metrics = classification_metrics(logits.numpy(), y)
     metrics["loss"] = float(F.cross_entropy(logits, split.y))
-    per_modality = {m: torch.cat(parts[f"logits_{m}"]) if parts[f"logits_{m}"] else None for m in "av"}
-    for m, mod_logits in per_modality.items():
+    for m, mod_logits in (("a", logits_a), ("v", logits_v)):
         mod_metrics = classification_metrics(mod_logits.numpy(), y) if mod_logits is not None else {}
         for key in ("acc", "macro_f1", "map"):
             metrics[f"{key}_head_{m}"] = mod_metrics.get(key, math.nan)
-    if per_modality["a"] is not None and per_modality["v"] is not None:
-        metrics["rho"] = imbalance_ratio(float(true_class_score(per_modality["a"], split.y)),
-                                         float(true_class_score(per_modality["v"], split.y)))
-    else:
-        metrics["rho"] = math.nan
-    return Evaluation(metrics, logits.numpy(),
-                      *(t.numpy() if t is not None else None for t in per_modality.values()), y)
+    metrics["rho"] = math.nan
+    if logits_a is not None and logits_v is not None:
+        metrics["rho"] = imbalance_ratio(float(true_class_score(logits_a, split.y)),
+                                         float(true_class_score(logits_v, split.y)))
+        weights = model.decision_weights() if callable(getattr(model, "decision_weights", None)) else None
+        metrics.update(decision_layer_diagnostics(logits, logits_a, logits_v, split.y, parts.get("feat_norm_a"),
+                                                  parts.get("feat_norm_v"), weights))
+    return Evaluation(metrics, logits.numpy(), None if logits_a is None else logits_a.numpy(),
+                      None if logits_v is None else logits_v.numpy(), y)
 
 
 def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: TensorSplit,
@@ -259,7 +276,8 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     dataset = DATASETS.get(cfg.dataset)(cfg)
     splits = load_splits(dataset, cfg)
     steps = math.ceil(len(splits.train) / cfg.batch_size)
-    ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps)
+    ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps, val=splits.val)
+    ctx.infer = lambda model, split: infer(model, split, dataset, ctx, lambda b: model(b.audio, b.visual))
     method: Method = METHODS.get(cfg.method)(ctx)
     model = build_model(method, ctx)
     optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)
@@ -268,6 +286,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     state = checkpoint.load(checkpoint.last)
     if state is not None:
         optimizer, scheduler, progress = _restore(state, model, method, ctx)
+    ctx.optimizer = optimizer
     reporter.run_started(cfg, cfg.epochs, steps, len(progress.epoch_rows))
 
     model.train()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +48,13 @@ class RunContext:
     steps_per_epoch: int = 0
     epoch: int = 0
     step: int = 0
+    #: The run's optimiser, for methods that grow the model (`optimizer.add_param_group`).
+    optimizer: torch.optim.Optimizer | None = None
+    #: The validation split, for methods that fit something on it during training.
+    val: TensorSplit | None = None
+    #: infer(model, split) -> {"logits", "logits_a", "logits_v", ...}: the plain model over a
+    #: split in eval mode, with the dataset's evaluation transform (set by the engine).
+    infer: Callable[[nn.Module, TensorSplit], dict[str, torch.Tensor]] | None = None
     _step_logs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     @property
@@ -105,7 +112,10 @@ class Method(Plugin):
         return model
 
     def parameters(self, model: nn.Module, ctx: RunContext) -> Iterable[Any]:
-        """Parameters (or parameter groups) handed to the optimiser."""
+        """Parameters (or parameter groups) handed to the optimiser. Called again on resume,
+        after `load_state_dict`: a method that added groups during training (through
+        `ctx.optimizer`) returns the same groups in the same order, so the saved optimiser
+        state fits."""
         return model.parameters()
 
     # -- one training step ------------------------------------------------------------------
@@ -153,4 +163,5 @@ class Method(Plugin):
         return {}
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
-        """Restore method state (and grow the model to match) before the weights are loaded."""
+        """Restore method state and grow `model` to the saved shape; the engine loads the
+        weights afterwards. `model` may be a freshly built one (the best-on-val model)."""

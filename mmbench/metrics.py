@@ -78,3 +78,49 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float
         "map": mean_average_precision(probs, y),
         "n_correct": int(np.sum(pred == y)),
     }
+
+
+def decision_layer_diagnostics(logits: torch.Tensor, logits_a: torch.Tensor, logits_v: torch.Tensor,
+                               y: torch.Tensor, feat_norm_a: torch.Tensor | None = None,
+                               feat_norm_v: torch.Tensor | None = None,
+                               weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """Bias of the decision layer toward one modality (METHODS.md 5.2), for any model with
+    per-modality logits. Contributions are the per-modality logits as the model splits them
+    (concat: W_m f_m + b/2).
+
+    d1_weight_norm_ratio  ||W_a||_F / ||W_v||_F of the decision layer (when it has one)
+    d2_feature_norm_ratio E||f_a|| / E||f_v||
+    d3_logit_share_a      mean_i ||z_a|| / (||z_a|| + ||z_v||); d3_true_logit_a/_v: mean z_m[y]
+    d4_audio_decides      among samples whose audio and visual argmax differ, the share where the
+                          fused prediction is audio's (d4_visual_decides: visual's; 0.5/0.5 = neutral)
+    d4_audio_right_share  among those, audio's share of the samples one of the two gets right: the
+                          share a capability-proportional decision layer would give audio
+    d4_excess_audio       d4_audio_decides - d4_audio_right_share: bias toward audio beyond capability
+    """
+    norm_a, norm_v = logits_a.norm(dim=1), logits_v.norm(dim=1)
+    share = norm_a / (norm_a + norm_v).clamp_min(1e-12)
+    pred, pred_a, pred_v = logits.argmax(1), logits_a.argmax(1), logits_v.argmax(1)
+    disagree = pred_a != pred_v
+    n_disagree = int(disagree.sum())
+    out = {
+        "d1_weight_norm_ratio": math.nan,
+        "d2_feature_norm_ratio": math.nan,
+        "d3_logit_share_a": float(share.mean()),
+        "d3_true_logit_a": float(logits_a.gather(1, y[:, None]).mean()),
+        "d3_true_logit_v": float(logits_v.gather(1, y[:, None]).mean()),
+        "d4_audio_decides": float((pred == pred_a)[disagree].float().mean()) if n_disagree else math.nan,
+        "d4_visual_decides": float((pred == pred_v)[disagree].float().mean()) if n_disagree else math.nan,
+        "d4_disagreements": n_disagree,
+        "d4_audio_right_share": math.nan,
+        "d4_excess_audio": math.nan,
+    }
+    audio_right = int((pred_a == y)[disagree].sum())
+    visual_right = int((pred_v == y)[disagree].sum())
+    if audio_right + visual_right:
+        out["d4_audio_right_share"] = audio_right / (audio_right + visual_right)
+        out["d4_excess_audio"] = out["d4_audio_decides"] - out["d4_audio_right_share"]
+    if weights is not None:
+        out["d1_weight_norm_ratio"] = float(weights[0].norm() / weights[1].norm())
+    if feat_norm_a is not None and feat_norm_v is not None:
+        out["d2_feature_norm_ratio"] = float(feat_norm_a.mean() / feat_norm_v.mean())
+    return out

@@ -21,8 +21,8 @@ from mmbench.config import RunConfig
 class Outputs:
     """What a forward pass gives every method and metric, under the same names.
 
-    `logits_a`/`logits_v` are per-modality logits that add up to `logits` (concat and sum
-    fusion, unimodal heads); they are None where the fusion does not decompose. `keep` marks
+    `logits_a`/`logits_v` are per-modality logits (for concat and sum fusion they add up to
+    `logits`; late-fusion methods weight them); None where the fusion does not decompose. `keep` marks
     the samples of the batch the outputs refer to, when a forward pass removed some (OPM).
     """
 
@@ -108,6 +108,9 @@ class ConcatFusion(nn.Module):
         self.fc = nn.Linear(dim_a + dim_v, num_classes)
         self.dim_a = dim_a
 
+    def decision_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc.weight[:, : self.dim_a].detach(), self.fc.weight[:, self.dim_a:].detach()
+
     def forward(self, feat_a: torch.Tensor, feat_v: torch.Tensor) -> Outputs:
         w_a, w_v = self.fc.weight[:, : self.dim_a], self.fc.weight[:, self.dim_a:]
         half_bias = self.fc.bias / 2
@@ -125,6 +128,9 @@ class SumFusion(nn.Module):
         super().__init__()
         self.fc_a = nn.Linear(dim_a, num_classes)
         self.fc_v = nn.Linear(dim_v, num_classes)
+
+    def decision_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fc_a.weight.detach(), self.fc_v.weight.detach()
 
     def forward(self, feat_a: torch.Tensor, feat_v: torch.Tensor) -> Outputs:
         logits_a, logits_v = self.fc_a(feat_a), self.fc_v(feat_v)
@@ -173,6 +179,10 @@ class AVModel(nn.Module):
         self.audio_encoder = audio_encoder
         self.visual_encoder = visual_encoder
         self.fusion = fusion
+
+    def decision_weights(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W_a, W_v) of a linear decision layer that splits by modality, else None."""
+        return self.fusion.decision_weights() if hasattr(self.fusion, "decision_weights") else None
 
     def encode(self, audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.audio_encoder(audio), self.visual_encoder(visual)

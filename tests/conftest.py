@@ -45,6 +45,7 @@ def train_steps(cfg: RunConfig, steps: int):
     model = engine.build_model(method, ctx)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
+    ctx.optimizer, ctx.method, ctx.train = optimizer, method, splits.train  # handles for the tests
     done = 0
     while done < steps:
         for batch in splits.train.batches(cfg.batch_size, ctx.generator("order")):

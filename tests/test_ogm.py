@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from mmbench.methods.ogm import modulate_gradients, modulated_parameters, modulation_coefficients
 from scipy import stats
 from torch import nn
 
-from methods.ogm import modulate_gradients, modulated_parameters, modulation_coefficients
 from mmbench import engine
 from mmbench.data import Batch
 from mmbench.method import RunContext

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from mmbench.methods.opm import drop_features, drop_probabilities
 from scipy import stats
 
-from methods.opm import drop_features, drop_probabilities
 from mmbench import engine
 from mmbench.data import Batch
 from mmbench.method import RunContext

@@ -1,0 +1,150 @@
+"""`dlc`: decision-layer calibration, mmbench's own reading of Ma & Chen (arXiv 2510.14411).
+
+The paper finds the fused decision layer biased toward audio and recommends adaptive,
+capability-proportional weights at the decision layer; it gives no algorithm. This is
+ours: train jointly, then, on the validation split only, with the encoders and the fusion
+layer frozen,
+  1. fit a temperature T_m per modality (NLL of softmax(u_m / T_m); u_m = the modality's
+     half of the fusion layer, W_m f_m + b/2),
+  2. weigh each class by relative capability: acc_mc = (correct_mc + 1) / (n_c + 2)
+     (Laplace: a class without validation samples gets 1/2 for both), w_mc = acc_mc / sum_m acc_mc,
+  3. predict z_c = sum_m w_mc u_mc / T_m.
+`weights=global` uses one weight per modality; `weights=learned` fits w >= 0 and a class
+bias by cross-entropy on validation (L-BFGS), starting from the class weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
+from torch import nn
+
+from mmbench.data import Batch, TensorSplit
+from mmbench.method import Method, RunContext
+from mmbench.models import Outputs
+from mmbench.registry import register_method
+
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+    """argmin_T NLL(softmax(logits / T), y), searched over log T in [-5, 5]."""
+    logits, y = logits.double(), y.long()
+
+    def nll(log_t: float) -> float:
+        return float(F.cross_entropy(logits / math.exp(log_t), y))
+
+    return math.exp(minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded",
+                                    options={"xatol": 1e-6}).x)
+
+
+def capability_weights(scaled: list[torch.Tensor], y: torch.Tensor, num_classes: int,
+                       per_class: bool = True) -> torch.Tensor:
+    """(modalities, classes) weights from Laplace-smoothed accuracies, summing to 1 over modalities."""
+    correct = torch.stack([(z.argmax(1) == y).double() for z in scaled])  # (M, N)
+    if per_class:
+        one_hot = F.one_hot(y, num_classes).double()  # (N, C)
+        accuracy = (correct @ one_hot + 1) / (one_hot.sum(0) + 2)
+    else:
+        accuracy = ((correct.sum(1) + 1) / (len(y) + 2))[:, None].expand(-1, num_classes)
+    return (accuracy / accuracy.sum(0)).float()
+
+
+@dataclass
+class Calibration:
+    temperatures: tuple[float, float]
+    weights: torch.Tensor  # (2, C)
+    bias: torch.Tensor  # (C,)
+
+    def scaled(self, logits_a: torch.Tensor, logits_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits_a / self.temperatures[0], logits_v / self.temperatures[1]
+
+    def fused(self, logits_a: torch.Tensor, logits_v: torch.Tensor) -> torch.Tensor:
+        scaled_a, scaled_v = self.scaled(logits_a, logits_v)
+        w = self.weights.to(logits_a.device)
+        return w[0] * scaled_a + w[1] * scaled_v + self.bias.to(logits_a.device)
+
+
+def learn_weights(scaled: list[torch.Tensor], y: torch.Tensor, init: torch.Tensor,
+                  steps: int = 100) -> tuple[torch.Tensor, torch.Tensor]:
+    """w >= 0 (softplus) and a class bias minimising validation cross-entropy, from `init`."""
+    raw = torch.log(torch.expm1(init.double().clamp_min(1e-4))).requires_grad_()
+    bias = torch.zeros(init.shape[1], dtype=torch.double, requires_grad=True)
+    stacked = torch.stack([z.double() for z in scaled])  # (M, N, C)
+    optimizer = torch.optim.LBFGS([raw, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy((F.softplus(raw)[:, None, :] * stacked).sum(0) + bias, y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return F.softplus(raw).detach().float(), bias.detach().float()
+
+
+def fit_calibration(logits_a: torch.Tensor, logits_v: torch.Tensor, y: torch.Tensor, num_classes: int,
+                    variant: str = "class") -> Calibration:
+    temperatures = (fit_temperature(logits_a, y), fit_temperature(logits_v, y))
+    scaled = [logits_a / temperatures[0], logits_v / temperatures[1]]
+    weights = capability_weights(scaled, y, num_classes, per_class=variant != "global")
+    bias = torch.zeros(num_classes)
+    if variant == "learned":
+        weights, bias = learn_weights(scaled, y, weights)
+    return Calibration(temperatures, weights, bias)
+
+
+@register_method
+class DecisionLayerCalibration(Method):
+    name = "dlc"
+    description = ("Joint training, then decision-layer calibration on validation: per-modality "
+                   "temperatures and per-class capability weights (mmbench's reading of the paper).")
+    citation = "After Ma, Chen. Revisit Modality Imbalance at the Decision Layer. arXiv 2510.14411 " \
+               "(the paper has no algorithm; this calibration is mmbench's own)"
+    hparams = {"weights": "class", "during_training": False}
+    choices = {"weights": ("class", "global", "learned")}
+    help = {
+        "weights": "class: per-class capability weights; global: one per modality; learned: fitted by CE",
+        "during_training": "also calibrate after every epoch and use it for that epoch's evaluation",
+    }
+    fusions = ("concat", "sum")
+    # The calibration is post-hoc: its official profile is the joint training it starts from.
+    _joint = {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 70,
+              "lr_gamma": 0.1, "epochs": 100, "batch_size": 64, "fusion": "concat"}
+    profiles = {"official": {"cremad": _joint, "kinetics-sounds": _joint}}
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self.calibration: Calibration | None = None
+        self.last: Calibration | None = None
+
+    def fit(self, model: nn.Module, split: TensorSplit, ctx: RunContext) -> Calibration:
+        parts = ctx.infer(model, split)
+        return fit_calibration(parts["logits_a"], parts["logits_v"], split.y, ctx.num_classes,
+                               self.hp["weights"])
+
+    def on_epoch_end(self, model: nn.Module, ctx: RunContext) -> None:
+        self.last = self.fit(model, ctx.val, ctx)  # logged every epoch, used only if asked
+        self.calibration = self.last if self.hp["during_training"] else None
+
+    def calibrate(self, model: nn.Module, val: TensorSplit, ctx: RunContext) -> None:
+        self.calibration = self.last = self.fit(model, val, ctx)
+
+    def predict(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
+        out = model(batch.audio, batch.visual)
+        if self.calibration is None:
+            return out
+        # Each modality keeps its own (temperature-scaled) prediction, so per-modality accuracy
+        # and the D4 disagreements stay those of the trained model; only the decision changes.
+        scaled_a, scaled_v = self.calibration.scaled(out.logits_a, out.logits_v)
+        return Outputs(self.calibration.fused(out.logits_a, out.logits_v), scaled_a, scaled_v,
+                       out.feat_a, out.feat_v)
+
+    def diagnostics(self) -> dict[str, float]:
+        if self.last is None:
+            return {}
+        w = self.last.weights
+        return {"t_a": self.last.temperatures[0], "t_v": self.last.temperatures[1],
+                "w_a": float(w[0].mean()), "w_v": float(w[1].mean())}
