@@ -87,7 +87,6 @@ EXECUTION_KEYS = frozenset({"device", "num_threads"})
 FIXED_KEYS = frozenset({"method", "dataset", "seed", "hparams", "data"})
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in FIXED_KEYS}
 _CORE_TYPES = typing.get_type_hints(RunConfig)
-SEED_KEYS = frozenset({"seeds", "method", "dataset"})
 
 
 def _choices_of(annotation: Any) -> tuple | None:

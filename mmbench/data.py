@@ -31,10 +31,6 @@ class Batch:
     def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in (self.audio, self.visual, self.y, self.index)))
 
-    def select(self, keep: torch.Tensor) -> Batch:
-        """The samples where the boolean mask `keep` is true."""
-        return Batch(self.audio[keep], self.visual[keep], self.y[keep], self.index[keep])
-
 
 @dataclass
 class TensorSplit:
