@@ -2,8 +2,9 @@
 
 The paper finds the fused decision layer biased toward audio and recommends adaptive,
 capability-proportional weights at the decision layer; it gives no algorithm. This is
-ours: train jointly, then, on the validation split only, with the encoders and the fusion
-layer frozen,
+ours: train with the `base` method's hooks (joint training by default; any method whose
+outputs carry per-modality logits), then, on the validation split only, with the trained
+model frozen,
   1. fit a temperature T_m per modality (NLL of softmax(u_m / T_m); u_m = the modality's
      half of the fusion layer, W_m f_m + b/2),
   2. weigh each class by relative capability: acc_mc = (correct_mc + 1) / (n_c + 2)
@@ -15,18 +16,21 @@ bias by cross-entropy on validation (L-BFGS), starting from the class weights.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 from torch import nn
 
+from mmbench.config import ConfigError, RunConfig
 from mmbench.data import Batch, TensorSplit
 from mmbench.method import Method, RunContext
-from mmbench.models import Outputs
-from mmbench.registry import register_method
+from mmbench.models import AVModel, Outputs
+from mmbench.registry import METHODS, register_method
 
 
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -103,9 +107,10 @@ class DecisionLayerCalibration(Method):
                    "temperatures and per-class capability weights (mmbench's reading of the paper).")
     citation = "After Ma, Chen. Revisit Modality Imbalance at the Decision Layer. arXiv 2510.14411 " \
                "(the paper has no algorithm; this calibration is mmbench's own)"
-    hparams = {"weights": "class", "during_training": False}
+    hparams = {"base": "joint", "weights": "class", "during_training": False}
     choices = {"weights": ("class", "global", "learned")}
     help = {
+        "base": "the method whose training is calibrated (its default hyperparameters)",
         "weights": "class: per-class capability weights; global: one per modality; learned: fitted by CE",
         "during_training": "also calibrate after every epoch and use it for that epoch's evaluation",
     }
@@ -115,17 +120,53 @@ class DecisionLayerCalibration(Method):
               "lr_gamma": 0.1, "epochs": 100, "batch_size": 64, "fusion": "concat"}
     profiles = {"official": {"cremad": _joint, "kinetics-sounds": _joint}}
 
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        super().check_config(cfg)
+        bases = [m for m in METHODS.names() if m != cls.name]
+        if cfg.hparams["base"] not in bases:
+            raise ConfigError(f"base={cfg.hparams['base']!r} is not allowed; choices: {', '.join(bases)}")
+        METHODS.get(cfg.hparams["base"]).check_config(cfg)
+
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
+        base_cls = METHODS.get(self.hp["base"])
+        base_hparams = {**base_cls.hparams, **base_cls.dataset_hparams.get(ctx.cfg.dataset, {})}
+        self.base: Method = base_cls(dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, hparams=base_hparams)))
         self.calibration: Calibration | None = None
         self.last: Calibration | None = None
 
+    # Training is entirely the base method's.
+    def build(self, model: AVModel, ctx: RunContext) -> nn.Module:
+        return self.base.build(model, ctx)
+
+    def parameters(self, model: nn.Module, ctx: RunContext) -> Any:
+        return self.base.parameters(model, ctx)
+
+    def train_step(self, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
+                   ctx: RunContext) -> tuple[Outputs, torch.Tensor]:
+        return self.base.train_step(model, batch, optimizer, ctx)
+
+    def on_epoch_start(self, model: nn.Module, ctx: RunContext) -> None:
+        self.base.on_epoch_start(model, ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
+        self.base.load_state_dict(state["base"], model)
+
     def fit(self, model: nn.Module, split: TensorSplit, ctx: RunContext) -> Calibration:
-        parts = ctx.infer(model, split)
+        calibration, self.calibration = self.calibration, None  # fit on the base's own predictions
+        parts = ctx.infer(model, split, lambda batch: self.predict(model, batch, ctx))
+        self.calibration = calibration
+        if "logits_a" not in parts or "logits_v" not in parts:
+            raise ValueError(f"dlc needs per-modality logits, and base={self.hp['base']} gives none")
         return fit_calibration(parts["logits_a"], parts["logits_v"], split.y, ctx.num_classes,
                                self.hp["weights"])
 
     def on_epoch_end(self, model: nn.Module, ctx: RunContext) -> None:
+        self.base.on_epoch_end(model, ctx)
         self.last = self.fit(model, ctx.val, ctx)  # logged every epoch, used only if asked
         self.calibration = self.last if self.hp["during_training"] else None
 
@@ -133,7 +174,7 @@ class DecisionLayerCalibration(Method):
         self.calibration = self.last = self.fit(model, val, ctx)
 
     def predict(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
-        out = model(batch.audio, batch.visual)
+        out = self.base.predict(model, batch, ctx)
         if self.calibration is None:
             return out
         # Each modality keeps its own (temperature-scaled) prediction, so per-modality accuracy
@@ -144,7 +185,7 @@ class DecisionLayerCalibration(Method):
 
     def diagnostics(self) -> dict[str, float]:
         if self.last is None:
-            return {}
+            return self.base.diagnostics()
         w = self.last.weights
-        return {"t_a": self.last.temperatures[0], "t_v": self.last.temperatures[1],
+        return {**self.base.diagnostics(), "t_a": self.last.temperatures[0], "t_v": self.last.temperatures[1],
                 "w_a": float(w[0].mean()), "w_v": float(w[1].mean())}

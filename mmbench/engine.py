@@ -277,7 +277,8 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     splits = load_splits(dataset, cfg)
     steps = math.ceil(len(splits.train) / cfg.batch_size)
     ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps, val=splits.val)
-    ctx.infer = lambda model, split: infer(model, split, dataset, ctx, lambda b: model(b.audio, b.visual))
+    ctx.infer = lambda model, split, forward=None: infer(
+        model, split, dataset, ctx, forward or (lambda b: model(b.audio, b.visual)))
     method: Method = METHODS.get(cfg.method)(ctx)
     model = build_model(method, ctx)
     optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)

@@ -52,9 +52,10 @@ class RunContext:
     optimizer: torch.optim.Optimizer | None = None
     #: The validation split, for methods that fit something on it during training.
     val: TensorSplit | None = None
-    #: infer(model, split) -> {"logits", "logits_a", "logits_v", ...}: the plain model over a
-    #: split in eval mode, with the dataset's evaluation transform (set by the engine).
-    infer: Callable[[nn.Module, TensorSplit], dict[str, torch.Tensor]] | None = None
+    #: infer(model, split, forward=None) -> {"logits", "logits_a", "logits_v", ...}: the model
+    #: (or `forward(batch) -> Outputs`) over a split in eval mode, with the dataset's
+    #: evaluation transform, concatenated on the CPU (set by the engine).
+    infer: Callable[..., dict[str, torch.Tensor]] | None = None
     _step_logs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     @property

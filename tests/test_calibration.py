@@ -108,3 +108,22 @@ def test_dlc_run_calibrates_on_validation_and_logs_temperatures(tmp_path):
     row = read_runs(tmp_path).iloc[0]
     assert row["final_acc"] != epochs["test_acc"].iloc[-1] or row["final_d3_logit_share_a"] != \
         epochs["test_d3_logit_share_a"].iloc[-1], "the final evaluation must be the calibrated model"
+
+
+@pytest.mark.parametrize("base", ["joint", "aug", "opm"])
+def test_dlc_trains_exactly_like_its_base_then_calibrates(tmp_path, base):
+    engine.run(tiny_config(base, epochs=3), tmp_path / "base")
+    engine.run(tiny_config("dlc", epochs=3, base=base), tmp_path / "dlc")
+    base_epochs, dlc_epochs = read_epochs(tmp_path / "base"), read_epochs(tmp_path / "dlc")
+    assert dlc_epochs["train_loss"].tolist() == base_epochs["train_loss"].tolist()
+    assert dlc_epochs["test_acc"].tolist() == base_epochs["test_acc"].tolist()
+    assert dlc_epochs["diag_t_a"].notna().all()
+    row = read_runs(tmp_path / "dlc").iloc[0]
+    assert row["final_acc_head_v"] == read_runs(tmp_path / "base").iloc[0]["final_acc_head_v"]
+
+
+def test_dlc_refuses_itself_as_base():
+    from mmbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="base='dlc' is not allowed; choices: .*joint"):
+        tiny_config("dlc", base="dlc")
