@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mmbench.methods.joint import OGM_GE_RECIPE
 from scipy.optimize import minimize_scalar
 from torch import nn
 
@@ -116,9 +117,7 @@ class DecisionLayerCalibration(Method):
     }
     fusions = ("concat", "sum")
     # The calibration is post-hoc: its official profile is the joint training it starts from.
-    _joint = {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 70,
-              "lr_gamma": 0.1, "epochs": 100, "batch_size": 64, "fusion": "concat"}
-    profiles = {"official": {"cremad": _joint, "kinetics-sounds": _joint}}
+    profiles = {"official": OGM_GE_RECIPE}
 
     @classmethod
     def check_config(cls, cfg: RunConfig) -> None:

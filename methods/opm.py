@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 
 import torch
+from mmbench.methods.ogm import JOURNAL_RECIPE
 from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.metrics import true_class_score
+from mmbench.metrics import modality_scores
 from mmbench.models import Outputs
 from mmbench.registry import register_method
 
@@ -65,21 +66,14 @@ class OPM(Method):
     # synthetic trains 12 epochs, not 100: the 6-epoch warm-up scaled to the same share.
     dataset_hparams = {"synthetic": {"warmup_epochs": 1}}
     fusions = ("concat", "sum")
-    _journal = {"optimizer": "adamw", "weight_decay": 0.01, "lr_gamma": 0.1, "epochs": 100, "batch_size": 32,
-                "fusion": "concat"}
-    profiles = {"official": {
-        # CREMA-D: not in the released code; the journal's CREMA-D recipe (BML_TPAMI2024 issue #3).
-        "cremad": {**_journal, "lr": 1e-3, "lr_step": 20, "frames": 1, "image_size": 224},
-        "kinetics-sounds": {**_journal, "lr": 5e-5, "lr_step": 40, "frames": 3, "image_size": 112},
-    }}
+    profiles = {"official": JOURNAL_RECIPE}
 
     def forward(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
         feat_a, feat_v = model.encode(batch.audio, batch.visual)
         out = model.fusion(feat_a, feat_v)
         if ctx.epoch < self.hp["warmup_epochs"]:
             return out
-        score_a = float(true_class_score(out.logits_a.detach(), batch.y))
-        score_v = float(true_class_score(out.logits_v.detach(), batch.y))
+        score_a, score_v = modality_scores(out.logits_a, out.logits_v, batch.y)
         q_a, q_v = drop_probabilities(score_a, score_v, self.hp["q_base"], self.hp["lam"])
         generator = ctx.generator("method")
         executed = torch.rand((), generator=generator, device=generator.device).item() < self.hp["p_exe"]

@@ -41,7 +41,7 @@ from mmbench.metrics import (  # noqa: E402
     classification_metrics,
     decision_layer_diagnostics,
     imbalance_ratio,
-    true_class_score,
+    modality_scores,
 )
 from mmbench.models import Outputs, build_av_model  # noqa: E402
 from mmbench.registry import DATASETS, METHODS  # noqa: E402
@@ -153,8 +153,7 @@ def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: TensorSp
             metrics[f"{key}_head_{m}"] = mod_metrics.get(key, math.nan)
     metrics["rho"] = math.nan
     if logits_a is not None and logits_v is not None:
-        metrics["rho"] = imbalance_ratio(float(true_class_score(logits_a, split.y)),
-                                         float(true_class_score(logits_v, split.y)))
+        metrics["rho"] = imbalance_ratio(*modality_scores(logits_a, logits_v, split.y))
         weights = model.decision_weights() if callable(getattr(model, "decision_weights", None)) else None
         metrics.update(decision_layer_diagnostics(logits, logits_a, logits_v, split.y, parts.get("feat_norm_a"),
                                                   parts.get("feat_norm_v"), weights))
@@ -181,9 +180,7 @@ def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Tenso
         correct += int((out.logits.argmax(1) == y).sum())
         seen += len(y)
         if out.logits_a is not None and out.logits_v is not None:
-            score_a = float(true_class_score(out.logits_a.detach(), y))
-            score_v = float(true_class_score(out.logits_v.detach(), y))
-            rhos.append(imbalance_ratio(score_a, score_v))
+            rhos.append(imbalance_ratio(*modality_scores(out.logits_a, out.logits_v, y)))
         reporter.step(loss_value)
     return {"train_loss": float(np.mean(losses)), "train_acc": correct / seen if seen else math.nan,
             "train_rho": float(np.mean(rhos)) if rhos else math.nan}

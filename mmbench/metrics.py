@@ -59,6 +59,11 @@ def true_class_score(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1).gather(1, y[:, None]).sum()
 
 
+def modality_scores(logits_a: torch.Tensor, logits_v: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(s_a, s_v): each modality's summed true-class probability, from detached logits."""
+    return float(true_class_score(logits_a.detach(), y)), float(true_class_score(logits_v.detach(), y))
+
+
 def imbalance_ratio(score_a: float, score_v: float) -> float:
     """rho = s_a / s_v (> 1: audio dominates)."""
     if score_v == 0:
