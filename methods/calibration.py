@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mmbench.methods.joint import OGM_GE_RECIPE
 from scipy.optimize import minimize_scalar
 from torch import nn
 
 from mmbench.config import ConfigError, RunConfig
-from mmbench.data import Batch, TensorSplit
+from mmbench.data import Batch, Split
 from mmbench.method import Method, RunContext
+from mmbench.methods.joint import OGM_GE_RECIPE
 from mmbench.models import AVModel, Outputs
 from mmbench.registry import METHODS, register_method
 
@@ -155,7 +155,7 @@ class DecisionLayerCalibration(Method):
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         self.base.load_state_dict(state["base"], model)
 
-    def fit(self, model: nn.Module, split: TensorSplit, ctx: RunContext) -> Calibration:
+    def fit(self, model: nn.Module, split: Split, ctx: RunContext) -> Calibration:
         calibration, self.calibration = self.calibration, None  # fit on the base's own predictions
         parts = ctx.infer(model, split, lambda batch: self.predict(model, batch, ctx))
         self.calibration = calibration
@@ -169,7 +169,7 @@ class DecisionLayerCalibration(Method):
         self.last = self.fit(model, ctx.val, ctx)  # logged every epoch, used only if asked
         self.calibration = self.last if self.hp["during_training"] else None
 
-    def calibrate(self, model: nn.Module, val: TensorSplit, ctx: RunContext) -> None:
+    def calibrate(self, model: nn.Module, val: Split, ctx: RunContext) -> None:
         self.calibration = self.last = self.fit(model, val, ctx)
 
     def predict(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 
 import torch
-from mmbench.methods.joint import OGM_GE_RECIPE
 from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
+from mmbench.methods.joint import OGM_GE_RECIPE
 from mmbench.metrics import modality_scores
 from mmbench.models import Outputs
 from mmbench.registry import register_method

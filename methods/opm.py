@@ -14,11 +14,11 @@ from __future__ import annotations
 import math
 
 import torch
-from mmbench.methods.ogm import JOURNAL_RECIPE
 from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
+from mmbench.methods.ogm import JOURNAL_RECIPE
 from mmbench.metrics import modality_scores
 from mmbench.models import Outputs
 from mmbench.registry import register_method

@@ -1,7 +1,8 @@
-"""The `mmbench` command line: `list` and `run`."""
+"""The `mmbench` command line: `list`, `run`, `prepare`, `fixtures`."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from mmbench import config as config_mod
 from mmbench.config import ConfigError, RunConfig
+from mmbench.data import DataError
 from mmbench.registry import DATASETS, METHODS, PluginError, UnknownNameError, load_plugins
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -23,7 +25,7 @@ if not console.is_terminal:
     console.width = 120
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-USER_ERRORS = (ConfigError, UnknownNameError, PluginError)
+USER_ERRORS = (ConfigError, UnknownNameError, PluginError, DataError)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -98,13 +100,21 @@ def run_command(
     set_: Annotated[list[str] | None, typer.Option("--set", "-s",
                     help="key=value override, highest precedence (repeatable).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    data_root: Annotated[Path | None, typer.Option(
+        "--data-root", help="Folder of a dataset on disk (else MMBENCH_DATA or data.root); see `mmbench prepare`.")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
     plugin: PluginOpt = None,
 ) -> None:
     """Train and evaluate METHOD on DATASET for each seed; finished runs are not recomputed."""
     try:
         load_plugins(plugin)
-        configs = _configs(method, dataset, seeds, epochs, profile, config, set_, device)
+        if data_root is not None and "root" not in DATASETS.get(dataset or "synthetic").params:
+            raise ConfigError(f"--data-root: dataset {dataset or 'synthetic'} is generated in memory and reads "
+                              "no files; drop --data-root")
+        extra = [f"root={data_root}"] if data_root is not None else []
+        configs = _configs(method, dataset, seeds, epochs, profile, config, [*(set_ or []), *extra], device)
+        _check_data(configs[0])
     except USER_ERRORS as exc:
         fail(str(exc))
     failures = _execute(configs, out)
@@ -135,6 +145,15 @@ def _configs(method: str | None, dataset: str | None, seeds: str | None, epochs:
         overrides["device"] = device
     methods = config_mod.normalized_names(method)
     return config_mod.expand(methods, dataset, seed_list, profile, overrides)
+
+
+def _check_data(cfg: RunConfig) -> None:
+    """A dataset on disk must be prepared before any run starts (one clear error, not N failed runs)."""
+    from mmbench.prepared import PreparedDataset
+
+    cls = DATASETS.get(cfg.dataset)
+    if issubclass(cls, PreparedDataset):
+        cls(cfg).locate()
 
 
 def _execute(configs: list[RunConfig], out: Path) -> list[tuple[RunConfig, str]]:
@@ -170,6 +189,131 @@ def _execute(configs: list[RunConfig], out: Path) -> list[tuple[RunConfig, str]]
                       f"(best-val epoch {row['best_val_epoch']}), final {row['final_acc']:.4f}, "
                       f"{row['wall_s']:.0f}s -> {paths.row}", markup=False)
     return failures
+
+
+@app.command("prepare")
+def prepare_command(
+    dataset: Annotated[str, typer.Argument(help="Dataset name, e.g. cremad or kinetics-sounds.")],
+    root: Annotated[Path | None, typer.Option(help="The dataset folder (else MMBENCH_DATA).")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        help="Where caches live [default: MMBENCH_CACHE, else ~/.cache/mmbench].")] = None,
+    jobs: Annotated[int, typer.Option(help="Decoding processes.")] = max(1, (os.cpu_count() or 1)),
+    strict: Annotated[bool, typer.Option(help="Fail on the first bad clip instead of skipping it.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Dataset setting key=value (repeatable), "
+                                                   "e.g. audio_frontend=fbank; see `mmbench list datasets`.")] = None,
+    plugin: PluginOpt = None,
+) -> None:
+    """Decode every clip of DATASET once into the feature cache that runs read (resumable; a no-op when done)."""
+    from mmbench.prepared import PreparedDataset
+
+    try:
+        load_plugins(plugin)
+        cls = DATASETS.get(dataset)
+        if not issubclass(cls, PreparedDataset):
+            raise ConfigError(f"dataset {cls.name} is generated in memory: it needs no `mmbench prepare`")
+        overrides = config_mod.parse_sets(set_)
+        if root is not None:
+            overrides["root"] = str(root)
+        if cache is not None:
+            overrides["cache"] = str(cache)
+        params = config_mod.resolve("joint", cls.name, overrides=overrides).data
+        if jobs < 1:
+            raise ConfigError(f"--jobs {jobs}: must be at least 1")
+        _prepare(cls, params, jobs, strict)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+
+
+def _prepare(cls: Any, params: dict[str, Any], jobs: int, strict: bool) -> None:
+    import time
+
+    from mmbench import cache as cache_mod
+    from mmbench.prepared import check_not_lfs
+
+    root = cls.data_root(params)
+    scan = cls.scan(root, params)
+    check_not_lfs(scan)
+    prep = cls.preprocessing(params, scan)
+    target = cls.cache_dir(params, root)
+    console.print(f"{cls.name}: {root} ({scan.layout} layout): {len(scan.clips)} clips, "
+                  f"{len(scan.bad)} rejected while scanning; audio front-end {prep.frontend}; "
+                  f"split files: {', '.join(scan.split_files) or 'none'}", markup=False)
+    meta = {"dataset": cls.name, "dataset_version": cls.version, "params": cls.prepare_params(params)}
+    started = time.perf_counter()
+    with _progress_bar(f"decoding ({jobs} process{'es' if jobs > 1 else ''})") as update:
+        prepared = cache_mod.prepare(scan, prep, target, root, meta, jobs=jobs, strict=strict, on_progress=update)
+    manifest, seconds = prepared.manifest, time.perf_counter() - started
+    if prepared.reused:
+        console.print(f"already prepared, inputs unchanged: {target} ({manifest['n_clips']} clips)", markup=False)
+    else:
+        console.print(f"prepared {manifest['n_clips']} clips in {seconds:.1f} s "
+                      f"({len(scan.clips) / max(seconds, 1e-9):.1f} clips/s) -> {target} "
+                      f"({manifest['bytes'] / 2**20:.1f} MiB)", markup=False)
+    _print_bad_clips(target, manifest)
+    console.print(f"next: mmbench run --method joint --dataset {cls.name} --data-root {root}", markup=False)
+
+
+def _print_bad_clips(target: Path, manifest: dict[str, Any]) -> None:
+    if not manifest["n_bad"]:
+        return
+    bad = pd.read_csv(target / "bad_clips.csv")
+    counts = ", ".join(f"{n} {problem}" for problem, n in bad["problem"].value_counts().items())
+    console.print(f"skipped {len(bad)} bad clip(s) ({counts}); the list: {target / 'bad_clips.csv'}", markup=False)
+    for row in bad.head(5).itertuples():
+        console.print(f"  {row.clip}: {row.reason}", markup=False)
+
+
+class _progress_bar:
+    """A rich bar on a terminal, one line per 10 % otherwise; yields an update(done, total)."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.bar, self.task, self.last = label, None, None, -1
+
+    def __enter__(self) -> Any:
+        if console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=None)
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total)
+        elif total and (done == total or done * 10 // total > self.last):
+            self.last = done * 10 // total
+            console.print(f"{self.label}: {done}/{total} clips", markup=False)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+@app.command("fixtures")
+def fixtures_command(
+    dataset: Annotated[str, typer.Argument(help="cremad or kinetics-sounds.")],
+    layout: Annotated[str, typer.Option(help="A layout of docs/layouts.md, e.g. raw, ogm-ge, balancebench.")],
+    out: Annotated[Path, typer.Option(help="Folder to create (must be empty or absent).")],
+    clips: Annotated[int, typer.Option(help="Number of clips.")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed of the generated content.")] = 0,
+) -> None:
+    """Write a small dataset in a real on-disk layout, to try `mmbench prepare` and `run` on."""
+    from mmbench import fixtures
+
+    try:
+        name = DATASETS.get(dataset).name
+        if name not in fixtures.LAYOUTS or layout not in fixtures.LAYOUTS[name]:
+            known = {d: ", ".join(v) for d, v in fixtures.LAYOUTS.items()}
+            raise ConfigError(f"--layout {layout}: layouts for {name}: {known.get(name, 'none')}")
+        if clips < 2:
+            raise ConfigError(f"--clips {clips}: need at least 2")
+        fixtures.write_fixture(name, layout, out, clips=clips, seed=seed)
+    except (ValueError, *USER_ERRORS) as exc:
+        fail(str(exc))
+    console.print(f"wrote {clips} {name} clips in the {layout} layout to {out}; "
+                  f"next: mmbench prepare {name} --root {out}", markup=False)
 
 
 def _mean_sd(values: pd.Series) -> str:

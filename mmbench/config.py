@@ -65,7 +65,11 @@ class RunConfig:
 
     def identity(self) -> dict[str, Any]:
         """The part of the config that decides the numbers (hashed into run_id)."""
-        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+        identity = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+        # Where the data lives (a path on this machine) does not change what a run computes.
+        location = getattr(DATASETS.get(self.dataset), "location_params", ())
+        identity["data"] = {k: v for k, v in self.data.items() if k not in location}
+        return identity
 
     def code_version(self) -> str:
         method = METHODS.get(self.method)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 
 from mmbench.config import ConfigError, RunConfig
 from mmbench.registry import Plugin
+
+
+class DataError(ValueError):
+    """The data on disk cannot be used as asked; the message is one line naming the path and the fix."""
 
 
 @dataclass
@@ -65,15 +69,32 @@ class TensorSplit:
             yield Batch(self.audio[rows], self.visual[rows], self.y[rows], rows)
 
 
+class Split(Protocol):
+    """What the engine needs of a split: labels, ids, row subsets and batches. `TensorSplit`
+    holds tensors in memory; `mmbench.cache.CachedSplit` reads a memory-mapped feature cache."""
+
+    y: torch.Tensor
+    sample_id: list[str]
+    group_id: list[str]
+
+    def __len__(self) -> int: ...
+    def subset(self, rows: torch.Tensor) -> Split: ...
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]: ...
+
+
 @dataclass
 class Splits:
-    train: TensorSplit
-    test: TensorSplit
-    val: TensorSplit | None = None
+    train: Split
+    test: Split
+    val: Split | None = None
 
 
-def carve_validation(train: TensorSplit, fraction: float, split_seed: int) -> tuple[TensorSplit, TensorSplit]:
-    """Stratified hold-out of `fraction` of each class, fixed by `split_seed` (not the run seed)."""
+def carve_validation(train: Split, fraction: float, split_seed: int, by_group: bool = False) -> tuple[Split, Split]:
+    """Stratified hold-out of `fraction` of each class, fixed by `split_seed` (not the run seed).
+    With `by_group`, whole groups (speakers) are held out instead, so validation stays
+    speaker-disjoint from training like the test split."""
+    if by_group:
+        return _carve_groups(train, fraction, split_seed)
     if not 0 < fraction < 1:
         raise ConfigError(f"val_fraction={fraction}: must be between 0 and 1 (exclusive)")
     generator = torch.Generator().manual_seed(split_seed)
@@ -88,11 +109,40 @@ def carve_validation(train: TensorSplit, fraction: float, split_seed: int) -> tu
     return train.subset(torch.nonzero(keep).flatten()), train.subset(val)
 
 
+def _carve_groups(train: Split, fraction: float, split_seed: int) -> tuple[Split, Split]:
+    held = set(hold_out_groups(train.group_id, fraction, split_seed))
+    in_val = torch.tensor([g in held for g in train.group_id], dtype=torch.bool)
+    return train.subset(torch.nonzero(~in_val).flatten()), train.subset(torch.nonzero(in_val).flatten())
+
+
+def hold_out_groups(groups: list[str], fraction: float, split_seed: int) -> list[str]:
+    """Groups in a seeded order, taken until they hold `fraction` of the rows (at least one
+    group, never all of them)."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"fraction={fraction}: must be between 0 and 1 (exclusive)")
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise DataError(f"a group-disjoint split needs at least 2 groups (speakers), found {len(names)}")
+    sizes = {name: 0 for name in names}
+    for g in groups:
+        sizes[g] += 1
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(split_seed)).tolist()
+    held, count, target = [], 0, fraction * len(groups)
+    for i in order[:-1]:
+        if held and count + sizes[names[i]] / 2 > target:
+            break
+        held.append(names[i])
+        count += sizes[names[i]]
+    return held
+
+
 class Dataset(Plugin):
     """Base class of dataset adapters; register a subclass with `@register_dataset`."""
 
     #: Knobs of the dataset itself (size, difficulty, ...), settable with --set.
     params: ClassVar[dict[str, Any]] = {}
+    #: Params that say where the data is on this machine: recorded, not part of the run_id.
+    location_params: ClassVar[tuple[str, ...]] = ()
     #: Run-config defaults for this dataset (epochs, lr, encoder, ...): the benchmark protocol.
     defaults: ClassVar[dict[str, Any]] = {}
 
@@ -106,6 +156,11 @@ class Dataset(Plugin):
 
     def load(self) -> Splits:
         raise NotImplementedError
+
+    def provenance(self) -> dict[str, Any]:
+        """Columns stored with every result row that say which data was read (e.g. the cache
+        fingerprint); not part of the run's identity."""
+        return {}
 
     def transform(self, batch: Batch, train: bool, generator: torch.Generator) -> Batch:
         """Batch-level augmentation (train) or deterministic preprocessing (eval), on device."""

@@ -35,7 +35,7 @@ from torch import nn  # noqa: E402
 
 import mmbench  # noqa: E402
 from mmbench.config import RunConfig  # noqa: E402
-from mmbench.data import Batch, Dataset, Splits, TensorSplit, carve_validation  # noqa: E402
+from mmbench.data import Batch, Dataset, Split, Splits, carve_validation  # noqa: E402
 from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
 from mmbench.metrics import (  # noqa: E402
     classification_metrics,
@@ -120,7 +120,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def infer(model: nn.Module, split: TensorSplit, dataset: Dataset, ctx: RunContext,
+def infer(model: nn.Module, split: Split, dataset: Dataset, ctx: RunContext,
           forward: Callable[[Batch], Outputs]) -> dict[str, torch.Tensor]:
     """`forward` over a split in eval mode: logits, per-modality logits and feature norms (CPU)."""
     was_training = model.training
@@ -140,7 +140,7 @@ def infer(model: nn.Module, split: TensorSplit, dataset: Dataset, ctx: RunContex
     return {key: torch.cat(chunks) for key, chunks in parts.items()}
 
 
-def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: TensorSplit,
+def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: Split,
              ctx: RunContext) -> Evaluation:
     parts = infer(model, split, dataset, ctx, lambda batch: method.predict(model, batch, ctx))
     logits, logits_a, logits_v = parts["logits"], parts.get("logits_a"), parts.get("logits_v")
@@ -161,7 +161,7 @@ def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: TensorSp
                       None if logits_v is None else logits_v.numpy(), y)
 
 
-def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: TensorSplit,
+def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Split,
                 optimizer: torch.optim.Optimizer, ctx: RunContext, reporter: Reporter) -> dict[str, float]:
     """One pass over the training split in the seeded order; returns the epoch's train stats."""
     losses, rhos, correct, seen = [], [], 0, 0
@@ -371,6 +371,7 @@ def _run_row(cfg: RunConfig, dataset: Dataset, splits: Splits, evaluations: dict
         evaluation = evaluations.get(selection, evaluations["final"])
         row.update({f"{selection}_{k}": v for k, v in evaluation.metrics.items()})
     row["code_version"] = cfg.code_version()
+    row.update(dataset.provenance())
     row["best_val_epoch"] = progress.best_epoch
     row["best_val_val_acc"] = progress.best_val_acc
     test_accs = [r["test_acc"] for r in progress.epoch_rows]
@@ -381,7 +382,7 @@ def _run_row(cfg: RunConfig, dataset: Dataset, splits: Splits, evaluations: dict
     return row
 
 
-def _prediction_columns(run_id: str, test: TensorSplit, evaluations: dict[str, Evaluation]) -> dict[str, list]:
+def _prediction_columns(run_id: str, test: Split, evaluations: dict[str, Evaluation]) -> dict[str, list]:
     columns: dict[str, list] = {k: [] for k in ("run_id", "selection", "sample_id", "group_id", "y",
                                                 "pred", "pred_a", "pred_v", "p_true", "probs")}
     for selection, ev in evaluations.items():

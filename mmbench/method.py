@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbench.config import ConfigError, RunConfig
-from mmbench.data import Batch, TensorSplit
+from mmbench.data import Batch, Split
 from mmbench.models import AVModel, Outputs
 from mmbench.registry import Plugin
 
@@ -51,7 +51,7 @@ class RunContext:
     #: The run's optimiser, for methods that grow the model (`optimizer.add_param_group`).
     optimizer: torch.optim.Optimizer | None = None
     #: The validation split, for methods that fit something on it during training.
-    val: TensorSplit | None = None
+    val: Split | None = None
     #: infer(model, split, forward=None) -> {"logits", "logits_a", "logits_v", ...}: the model
     #: (or `forward(batch) -> Outputs`) over a split in eval mode, with the dataset's
     #: evaluation transform, concatenated on the CPU (set by the engine).
@@ -152,7 +152,7 @@ class Method(Plugin):
         """Inference (model in eval mode, no gradients): never perturbed, never uses labels."""
         return model(batch.audio, batch.visual)
 
-    def calibrate(self, model: nn.Module, val: TensorSplit, ctx: RunContext) -> None:
+    def calibrate(self, model: nn.Module, val: Split, ctx: RunContext) -> None:
         """Post-hoc fitting on the validation split, after training."""
 
     def diagnostics(self) -> dict[str, float]:

@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
+
 from mmbench.methods.arm import (
     ARMModel,
     contributions,
     normalized_conditional_mutual_information,
     normalized_mutual_information,
 )
-from scipy import stats
-
 from mmbench.models import Encoder, SmallCNN
 
 from .conftest import tiny_config, train_steps

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from mmbench.methods.aug import assign_head, boosting_loss, is_check_epoch, residual_target
 
 from mmbench import engine
+from mmbench.methods.aug import assign_head, boosting_loss, is_check_epoch, residual_target
 from mmbench.results import read_epochs, read_preds, run_paths
 
 from .conftest import tiny_config, train_steps

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mmbench.methods.calibration import capability_weights, fit_calibration, fit_temperature
 
 from mmbench import engine
+from mmbench.methods.calibration import capability_weights, fit_calibration, fit_temperature
 from mmbench.metrics import decision_layer_diagnostics
 from mmbench.results import read_epochs, read_runs
 

@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-from mmbench.methods.ogm import modulate_gradients, modulated_parameters, modulation_coefficients
 from scipy import stats
 from torch import nn
 
 from mmbench import engine
 from mmbench.data import Batch
 from mmbench.method import RunContext
+from mmbench.methods.ogm import modulate_gradients, modulated_parameters, modulation_coefficients
 from mmbench.models import Outputs, build_av_model
 from mmbench.registry import METHODS
 from mmbench.results import read_epochs

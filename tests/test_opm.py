@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mmbench.methods.opm import drop_features, drop_probabilities
 from scipy import stats
 
 from mmbench import engine
 from mmbench.data import Batch
 from mmbench.method import RunContext
+from mmbench.methods.opm import drop_features, drop_probabilities
 from mmbench.models import AVModel, ConcatFusion
 from mmbench.registry import METHODS
 

@@ -98,16 +98,32 @@ def test_unsupported_fusions_are_refused_in_one_line(method, fusion):
         tiny_config(method, fusion=fusion)
 
 
+def _prepared_fixture(name, tmp_path):
+    """A small dataset in the adapter's first layout, prepared; the overrides that read it."""
+    from mmbench import cache, fixtures
+
+    if name not in fixtures.LAYOUTS:
+        pytest.skip(f"{name} needs files on disk and has no fixture writer")
+    root = tmp_path / name
+    fixtures.write_fixture(name, fixtures.LAYOUTS[name][0], root, clips=12, seed=0)
+    overrides = {"root": str(root), "cache": str(tmp_path / "cache"), "cache_image_size": 16, "image_size": 16}
+    params = resolve("joint", name, overrides=overrides).data
+    cls = DATASETS.get(name)
+    scan = cls.scan(root, params)
+    cache.prepare(scan, cls.preprocessing(params, scan), cls.cache_dir(params, root), root, {})
+    return overrides
+
+
 @pytest.mark.parametrize("name", DATASETS.names())
-def test_every_dataset_loads_with_consistent_shapes(name):
-    cfg = resolve("joint", name, overrides=TINY) if name == "synthetic" else None
-    if cfg is None:
-        pytest.skip(f"{name} needs files on disk")
+def test_every_dataset_loads_with_consistent_shapes(name, tmp_path):
+    overrides = TINY if name == "synthetic" else _prepared_fixture(name, tmp_path)
+    cfg = resolve("joint", name, overrides=overrides)
     dataset = DATASETS.get(name)(cfg)
     splits = dataset.load()
     for split in (splits.train, splits.test):
-        assert split.audio.ndim == 4 and split.audio.shape[1] == 1
-        assert split.visual.ndim == 5 and split.visual.shape[2] == 3
+        batch = dataset.transform(next(split.batches(4)), train=False, generator=torch.Generator())
+        assert batch.audio.ndim == 4 and batch.audio.shape[1] == 1 and batch.audio.dtype == torch.float32
+        assert batch.visual.ndim == 5 and batch.visual.shape[2] == 3
         assert int(split.y.max()) < len(dataset.classes)
     train, val = carve_validation(splits.train, 0.1, 0)
     assert not set(train.sample_id) & set(val.sample_id)

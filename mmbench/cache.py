@@ -1,0 +1,445 @@
+"""The feature cache: decode every clip once (`mmbench prepare`), then train from memory-mapped arrays.
+
+A prepared cache lives in `<cache>/<dataset>/<key>/`:
+  manifest.json   written last; its presence means the cache is complete
+  index.parquet   one row per usable clip: clip, label, group, split, frame_start, frame_count
+  audio.npy       (N, F, T) float16 audio features
+  frames.npy      (M, 3, S, S) uint8 candidate frames; clip i owns rows frame_start[i] : +frame_count[i]
+  bad_clips.csv   clips that were skipped, and why
+  .work/          shards of a prepare that has not finished (kept for resuming, removed at the end)
+`key` hashes the dataset, its preprocessing settings and the data root, so `mmbench run` finds
+the cache from the same root without reading the raw data; `fingerprint` (in the manifest)
+hashes the inputs (file names, sizes, labels, split) and the settings, so a second prepare of
+unchanged inputs does nothing and a changed input is prepared again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmbench import media
+from mmbench.data import Batch, DataError
+
+SHARD_SIZE = 128
+FEATURE_SUFFIXES = (".pt", ".npy", ".pkl")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """Where one clip's media are: an audio file (waveform or stored features) and either a
+    video file or a list of frame images."""
+
+    clip: str
+    label: str
+    group: str
+    split: str | None = None
+    audio: Path | None = None
+    video: Path | None = None
+    frames: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class BadClip:
+    clip: str
+    problem: str  # lfs-pointer, unreadable, too-short, too-long, bad-label, audio-only, visual-only, shape
+    path: str
+    reason: str
+
+
+@dataclass
+class Scan:
+    """What an adapter found under a root: usable clip sources and clips rejected already."""
+
+    layout: str
+    clips: list[ClipSource]
+    bad: list[BadClip] = field(default_factory=list)
+    split_files: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    frontend: str  # a key of media.FRONTENDS, or "stored" for precomputed feature files
+    video_fps: float
+    max_frames: int
+    image_size: int
+    min_seconds: float
+    max_seconds: float
+
+
+def cache_key(dataset: str, version: int, prep_params: dict[str, Any], root: Path) -> str:
+    payload = {"dataset": dataset, "version": version, "cache": CACHE_VERSION, "params": prep_params,
+               "root": str(root.expanduser().resolve())}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("MMBENCH_CACHE") or Path.home() / ".cache" / "mmbench")
+
+
+def fingerprint(scan: Scan, prep: Preprocessing, root: Path) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(prep), sort_keys=True).encode())
+    for src in scan.clips:
+        files = [p for p in (src.audio, src.video, *src.frames) if p is not None]
+        sizes = ",".join(f"{_rel(p, root)}:{p.stat().st_size}" for p in files)
+        digest.update(f"{src.clip}|{src.label}|{src.group}|{src.split}|{sizes}\n".encode())
+    for bad in scan.bad:
+        digest.update(f"bad|{bad.clip}|{bad.problem}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+# --- decoding one clip (runs in worker processes) ------------------------------------------
+
+def decode_clip(src: ClipSource, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(audio features (F, T) float16, candidate frames (K, 3, S, S) uint8); MediaError if unusable."""
+    frames = _decode_frames(src, prep)
+    return _decode_audio(src, prep), frames
+
+
+def _decode_audio(src: ClipSource, prep: Preprocessing) -> np.ndarray:
+    path = src.audio or src.video
+    if path is None:
+        raise media.MediaError(f"{src.clip}: no audio")
+    if path.suffix in FEATURE_SUFFIXES:
+        features = media.load_feature_file(path)
+    else:
+        frontend = media.FRONTENDS[prep.frontend]
+        wave = media.read_audio(path, frontend.sample_rate)
+        _check_duration(path, len(wave) / frontend.sample_rate, prep, "audio")
+        features = frontend(wave)
+    if not np.isfinite(features).all() or np.abs(features).max() > 65000:
+        raise media.MediaError(f"{path}: audio features are not finite or exceed float16 range")
+    return features.astype(np.float16)
+
+
+def _decode_frames(src: ClipSource, prep: Preprocessing) -> np.ndarray:
+    if src.video is not None:
+        _check_duration(src.video, media.media_duration(src.video), prep, "video")
+        images = media.read_video_frames(src.video, per_second=prep.video_fps, max_seconds=prep.max_seconds)
+    elif src.frames:
+        images = [media.read_image(p) for p in _evenly(list(src.frames), prep.max_frames)]
+    else:
+        raise media.MediaError(f"{src.clip}: no video and no frames")
+    images = _evenly(images, prep.max_frames)
+    return np.stack([media.resize_frame(image, prep.image_size) for image in images])
+
+
+def _check_duration(path: Path, seconds: float, prep: Preprocessing, what: str) -> None:
+    if seconds < prep.min_seconds:
+        raise media.MediaError(f"{path}: {what} lasts {seconds:.2f} s, under min_seconds={prep.min_seconds}")
+    if seconds > prep.max_seconds:
+        raise media.MediaError(f"{path}: {what} lasts {seconds:.1f} s, over max_seconds={prep.max_seconds}")
+
+
+def _evenly(items: list, limit: int) -> list:
+    """At most `limit` items, evenly spread (all of them when there are few enough)."""
+    if len(items) <= limit:
+        return items
+    picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
+    return [items[i] for i in picks]
+
+
+def _problem_of(reason: str) -> str:
+    text = reason.lower()
+    for needle, problem in (("lfs", "lfs-pointer"), ("under min_seconds", "too-short"),
+                            ("over max_seconds", "too-long"), ("empty", "empty"), ("no audio", "no-audio")):
+        if needle in text:
+            return problem
+    return "unreadable"
+
+
+def _decode_job(job: tuple[int, ClipSource, Preprocessing]) -> tuple[int, Any]:
+    index, src, prep = job
+    try:
+        return index, decode_clip(src, prep)
+    except media.MediaError as exc:
+        return index, BadClip(src.clip, _problem_of(str(exc)), str(src.audio or src.video or ""), str(exc))
+    except Exception as exc:  # a decoder crash on one clip must not stop the others
+        return index, BadClip(src.clip, "unreadable", str(src.audio or src.video or ""),
+                              f"{type(exc).__name__}: {exc}")
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+
+
+# --- prepare ---------------------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    path: Path
+    manifest: dict[str, Any]
+    reused: bool
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def prepare(scan: Scan, prep: Preprocessing, target: Path, root: Path, meta: dict[str, Any], jobs: int = 1,
+            strict: bool = False, on_progress: ProgressFn | None = None) -> Prepared:
+    """Decode every clip of `scan` into the cache at `target`; resumable and idempotent."""
+    print_ = on_progress or (lambda done, total: None)
+    if strict and scan.bad:
+        raise DataError(_strict_message(scan.bad))
+    fp = fingerprint(scan, prep, root)
+    manifest = read_manifest(target)
+    if manifest is not None and manifest.get("fingerprint") == fp:
+        return Prepared(target, manifest, reused=True)
+    if not scan.clips:
+        raise DataError(f"{root}: no usable clips found ({len(scan.bad)} rejected; see the list above)")
+    work = target / ".work"
+    if _read_text(work / "fingerprint") != fp:
+        shutil.rmtree(target, ignore_errors=True)  # stale: other inputs or settings
+        work.mkdir(parents=True)
+        (work / "fingerprint").write_text(fp)
+    (target / "manifest.json").unlink(missing_ok=True)
+    shards = [list(range(i, min(i + SHARD_SIZE, len(scan.clips)))) for i in range(0, len(scan.clips), SHARD_SIZE)]
+    _decode_shards(scan, prep, work, shards, jobs, print_)
+    bad = _consolidate(scan, work, target, len(shards), strict)
+    manifest = {"cache_version": CACHE_VERSION, "fingerprint": fp, "root": str(root.resolve()),
+                "layout": scan.layout, "split_files": scan.split_files, "preprocessing": asdict(prep),
+                "n_bad": len(bad), **meta}
+    manifest.update(_array_meta(target))
+    _write_atomic(target / "manifest.json", json.dumps(manifest, indent=2).encode())
+    shutil.rmtree(work, ignore_errors=True)
+    return Prepared(target, manifest, reused=False)
+
+
+def _strict_message(bad: list[BadClip]) -> str:
+    first = bad[0]
+    return (f"{len(bad)} bad clip(s) and --strict: first {first.clip} ({first.problem}): {first.reason}; "
+            "fix or remove them, or prepare without --strict to skip them")
+
+
+def _decode_shards(scan: Scan, prep: Preprocessing, work: Path, shards: list[list[int]], jobs: int,
+                   on_progress: ProgressFn) -> None:
+    total = len(scan.clips)
+    pending = [k for k in range(len(shards)) if not (work / f"shard-{k:05d}.pkl").exists()]
+    done = total - sum(len(shards[k]) for k in pending)
+    on_progress(done, total)
+    if not pending:
+        return
+    jobs_list = [(i, scan.clips[i], prep) for k in pending for i in shards[k]]
+    shard_of = {i: k for k in pending for i in shards[k]}
+    results: dict[int, dict[int, Any]] = {k: {} for k in pending}
+    pool = None
+    if jobs > 1:
+        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker)
+        outputs: Iterator = pool.imap_unordered(_decode_job, jobs_list, chunksize=2)
+    else:
+        outputs = map(_decode_job, jobs_list)
+    try:
+        for index, result in outputs:
+            k = shard_of[index]
+            results[k][index] = result
+            done += 1
+            on_progress(done, total)
+            if len(results[k]) == len(shards[k]):
+                _write_atomic(work / f"shard-{k:05d}.pkl", pickle.dumps(results.pop(k), protocol=5))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bool) -> list[BadClip]:
+    """Shards -> audio.npy, frames.npy, index.parquet, bad_clips.csv (two passes, one shard in memory)."""
+    bad = list(scan.bad)
+    shapes: Counter = Counter()
+    frame_counts: dict[int, int] = {}
+    size = 0
+    for k in range(n_shards):
+        for index, result in _load_shard(work, k).items():
+            if isinstance(result, BadClip):
+                bad.append(result)
+            else:
+                shapes[result[0].shape] += 1
+                frame_counts[index] = len(result[1])
+                size = result[1].shape[-1]
+    if not shapes:
+        raise DataError(f"{target}: no clip could be decoded; see the reasons in {target / 'bad_clips.csv'}")
+    audio_shape = shapes.most_common(1)[0][0]
+    keep = sorted(frame_counts)
+    _write_bad(target, bad)  # the shape check below may add more; rewritten then
+    audio = np.lib.format.open_memmap(target / ".audio.npy", "w+", np.float16, (len(keep), *audio_shape))
+    frames = np.lib.format.open_memmap(target / ".frames.npy", "w+", np.uint8,
+                                       (sum(frame_counts.values()), 3, size, size))
+    rows, frame_at, row_of = [], 0, {}
+    for k in range(n_shards):
+        for index, result in sorted(_load_shard(work, k).items()):
+            if isinstance(result, BadClip):
+                continue
+            src = scan.clips[index]
+            if result[0].shape != audio_shape:
+                bad.append(BadClip(src.clip, "shape", str(src.audio), f"{src.audio}: audio features have shape "
+                                   f"{result[0].shape}, the other clips {audio_shape}"))
+                continue
+            row_of[index] = len(rows)
+            audio[len(rows)] = result[0]
+            count = len(result[1])
+            frames[frame_at:frame_at + count] = result[1]
+            rows.append({"clip": src.clip, "label": src.label, "group": src.group, "split": src.split,
+                         "frame_start": frame_at, "frame_count": count})
+            frame_at += count
+    if strict and len(bad) > len(scan.bad):
+        raise DataError(_strict_message(bad[len(scan.bad):]))
+    audio.flush()
+    frames.flush()
+    del audio, frames
+    n = len(rows)
+    _truncate_rows(target / ".audio.npy", target / "audio.npy", n)
+    os.replace(target / ".frames.npy", target / "frames.npy")
+    _write_atomic(target / "index.parquet", _parquet_bytes(pd.DataFrame(rows)))
+    _write_bad(target, bad)
+    return bad
+
+
+def _truncate_rows(src: Path, dst: Path, n: int) -> None:
+    """Clips dropped in the shape check leave unused rows at the end of the audio array."""
+    full = np.load(src, mmap_mode="r")
+    if len(full) == n:
+        del full
+        os.replace(src, dst)
+        return
+    out = np.lib.format.open_memmap(dst, "w+", full.dtype, (n, *full.shape[1:]))
+    out[:] = full[:n]
+    out.flush()
+    del out, full
+    src.unlink()
+
+
+def _load_shard(work: Path, k: int) -> dict[int, Any]:
+    with open(work / f"shard-{k:05d}.pkl", "rb") as handle:
+        return pickle.load(handle)
+
+
+def _write_bad(target: Path, bad: list[BadClip]) -> None:
+    table = pd.DataFrame([asdict(b) for b in bad], columns=["clip", "problem", "path", "reason"])
+    _write_atomic(target / "bad_clips.csv", table.to_csv(index=False).encode())
+
+
+def _array_meta(target: Path) -> dict[str, Any]:
+    audio = np.load(target / "audio.npy", mmap_mode="r")
+    frames = np.load(target / "frames.npy", mmap_mode="r")
+    return {"n_clips": int(audio.shape[0]), "audio_shape": list(audio.shape[1:]), "frame_size": int(frames.shape[-1]),
+            "n_frames": int(frames.shape[0]),
+            "bytes": sum((target / f).stat().st_size for f in ("audio.npy", "frames.npy", "index.parquet"))}
+
+
+def _parquet_bytes(frame: pd.DataFrame) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def read_manifest(target: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((target / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --- reading a prepared cache -----------------------------------------------------------------
+
+class CacheStore:
+    """A prepared cache, memory-mapped: nothing is read until a batch asks for it."""
+
+    def __init__(self, path: Path) -> None:
+        manifest = read_manifest(path)
+        if manifest is None:
+            raise DataError(f"{path}: not a prepared mmbench cache (no manifest.json); run `mmbench prepare` first")
+        self.path = path
+        self.manifest = manifest
+        self.index = pd.read_parquet(path / "index.parquet")
+        self.audio = np.load(path / "audio.npy", mmap_mode="r")
+        self.frames = np.load(path / "frames.npy", mmap_mode="r")
+        self.frame_start = torch.tensor(self.index["frame_start"].to_numpy(np.int64))
+        self.frame_count = torch.tensor(self.index["frame_count"].to_numpy(np.int64))
+
+
+def pick_frames(count: torch.Tensor, frames: int, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, frames) frame numbers by segment sampling: each clip's candidates are cut into
+    `frames` equal segments; training takes a random frame in each, evaluation the centre."""
+    segment = count.double()[:, None] / frames
+    k = torch.arange(frames, dtype=torch.float64)[None]
+    offset = torch.rand(len(count), frames, generator=generator, dtype=torch.float64) if generator else 0.5
+    picks = ((k + offset) * segment).floor().long()
+    return torch.minimum(picks, (count - 1)[:, None])
+
+
+class CachedSplit:
+    """Rows of a `CacheStore` with labels; the `Split` the engine trains and evaluates on."""
+
+    def __init__(self, store: CacheStore, rows: np.ndarray, y: torch.Tensor, frames: int) -> None:
+        self.store, self.rows, self.y, self.frames = store, np.asarray(rows, dtype=np.int64), y, frames
+        self.sample_id = store.index["clip"].iloc[self.rows].astype(str).tolist()
+        self.group_id = store.index["group"].iloc[self.rows].astype(str).tolist()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, rows: torch.Tensor) -> CachedSplit:
+        picked = rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+        return CachedSplit(self.store, self.rows[picked], self.y[torch.as_tensor(picked)], self.frames)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Shuffled with random frames when `generator` is given (training), else in order with
+        the centre frames (evaluation)."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            rows = order[start:start + batch_size]
+            yield self._batch(rows, generator)
+
+    def _batch(self, rows: torch.Tensor, generator: torch.Generator | None) -> Batch:
+        cache_rows = torch.from_numpy(self.rows[rows.numpy()])
+        audio = _gather(self.store.audio, cache_rows)
+        picks = pick_frames(self.store.frame_count[cache_rows], self.frames, generator)
+        frame_rows = self.store.frame_start[cache_rows][:, None] + picks
+        visual = _gather(self.store.frames, frame_rows.flatten()).view(len(rows), self.frames,
+                                                                        *self.store.frames.shape[1:])
+        return Batch(audio, visual, self.y[rows], rows)
+
+
+def _gather(array: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
+    """array[rows] read in sorted order (sequential access on the memory map), then put back."""
+    unique, inverse = torch.unique(rows, sorted=True, return_inverse=True)
+    block = torch.from_numpy(np.ascontiguousarray(array[unique.numpy()]))
+    return block[inverse]
