@@ -222,6 +222,9 @@ def prepare_command(
         _prepare(cls, params, jobs, strict)
     except USER_ERRORS as exc:
         fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted: decoded shards are kept; run the same command again to continue")
+        raise typer.Exit(130) from None
 
 
 def _prepare(cls: Any, params: dict[str, Any], jobs: int, strict: bool) -> None:

@@ -75,9 +75,13 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# num_threads=0 means the machine's default, not "whatever an earlier run in this process set":
+# the thread count changes how reductions are split, hence the last bits of every result.
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 def configure_determinism(cfg: RunConfig) -> int:
-    if cfg.num_threads > 0:
-        torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(cfg.num_threads if cfg.num_threads > 0 else DEFAULT_THREADS)
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     return torch.get_num_threads()

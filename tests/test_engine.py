@@ -270,3 +270,10 @@ def test_an_unavailable_cuda_device_is_a_clear_error(tmp_path):
         pytest.skip("this machine has CUDA")
     with pytest.raises(engine.RunFailed, match="CUDA is not available"):
         engine.run(tiny_config(device="cuda"), tmp_path)
+
+
+def test_default_thread_count_does_not_depend_on_earlier_runs():
+    """num_threads=0 is the machine default, even after a run in this process asked for 1."""
+    assert engine.configure_determinism(tiny_config(num_threads=1)) == 1
+    assert engine.configure_determinism(tiny_config(num_threads=0)) == engine.DEFAULT_THREADS
+    assert torch.get_num_threads() == engine.DEFAULT_THREADS
