@@ -1,4 +1,4 @@
-"""The `mmbench` command line: `list`, `run`, `prepare`, `fixtures`."""
+"""The `mmbench` command line: `list`, `run`, `prepare`, `fixtures`, `report`."""
 
 from __future__ import annotations
 
@@ -317,6 +317,51 @@ def fixtures_command(
         fail(str(exc))
     console.print(f"wrote {clips} {name} clips in the {layout} layout to {out}; "
                   f"next: mmbench prepare {name} --root {out}", markup=False)
+
+
+@app.command("report")
+def report_command(
+    results: Annotated[list[Path] | None, typer.Argument(help="Results folders [default: results].")] = None,
+    baseline: Annotated[str, typer.Option(help="Method every other method is compared with.")] = "joint",
+    metric: Annotated[str, typer.Option(help="acc, macro_f1 or map.")] = "acc",
+    selection: Annotated[str, typer.Option(help="best-val (honest), final, or paper (max over epochs).")] = "best-val",
+    format_: Annotated[str, typer.Option("--format", help="Comma-separated: terminal, md, tex, html.")] =
+        "terminal,md,html",
+    out: Annotated[Path, typer.Option(help="Folder for report.md/.tex/.html/.json and figures/.")] = Path("report"),
+    rope: Annotated[float, typer.Option(help="Region of practical equivalence, in pp.")] = 1.0,
+    figures: Annotated[bool, typer.Option(help="Draw the figures.")] = True,
+) -> None:
+    """Tables and figures with significance tests over seeds, from one or more results folders."""
+    from mmbench import render
+    from mmbench import report as report_mod
+
+    formats = tuple(f.strip() for f in format_.split(",") if f.strip())
+    try:
+        unknown = [f for f in formats if f not in render.FORMATS]
+        if unknown or not formats:
+            raise ConfigError(f"--format {format_}: choose from {', '.join(render.FORMATS)}")
+        if selection not in report_mod.SELECTIONS:
+            raise ConfigError(f"--selection {selection}: choose from {', '.join(report_mod.SELECTIONS)}")
+        if metric not in report_mod.METRICS:
+            raise ConfigError(f"--metric {metric}: choose from {', '.join(report_mod.METRICS)}")
+        options = report_mod.ReportOptions(baseline=baseline, metric=metric, selection=selection, rope=rope / 100)
+        runs, epochs = report_mod.load_results(results or [Path("results")])
+        if baseline not in set(runs["variant"]):
+            raise ConfigError(f"--baseline {baseline}: no such method in the results "
+                              f"(methods: {', '.join(sorted(set(runs['variant'])))})")
+        report = report_mod.build_report(runs, epochs, options)
+        files = [f for f in formats if f != "terminal"]
+        written = report_mod.write_report(report, out, tuple(files), figures=figures and bool(files))
+    except (report_mod.ReportError, *USER_ERRORS) as exc:
+        fail(str(exc))
+    if "terminal" in formats:
+        for table in render.rich_tables(report):
+            console.print(table)
+        for note in report.notes:
+            console.print(f"- {note}", markup=False)
+    console.print("wrote " + ", ".join(str(p) for p in written.values())
+                  + (f" and {len(report.figures)} figures in {out / 'figures'}" if report.figures else ""),
+                  markup=False)
 
 
 def _mean_sd(values: pd.Series) -> str:

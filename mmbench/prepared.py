@@ -175,6 +175,9 @@ class PreparedDataset(Dataset):
                                            by_group=mode == "speaker")
         # Validation always comes out of train (never select on test).
         train, val = carve_validation(train, self.cfg.val_fraction, self.cfg.split_seed, by_group=mode == "speaker")
+        if min(len(train), len(val), len(test)) == 0:
+            raise DataError(f"{store.path}: {len(everything)} clips leave {len(train)} train, {len(val)} validation "
+                            f"and {len(test)} test clips (split={mode}); use more clips or other fractions")
         return Splits(train=train, val=val, test=test)
 
     def _split_from_files(self, everything: cache.CachedSplit, store: cache.CacheStore

@@ -292,3 +292,11 @@ def test_fixtures_command_writes_a_layout_prepare_accepts(tmp_path):
     assert prepare("kinetics-sounds", out, tmp_path / "cache").exit_code == 0
     wrong = runner.invoke(app, ["fixtures", "cremad", "--layout", "amss", "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "raw, ogm-ge, balancebench" in wrong.output
+
+
+def test_too_few_clips_for_the_splits_is_a_clear_error(tmp_path):
+    root = tmp_path / "raw"
+    fixtures.write_fixture("cremad", "raw", root, clips=12, seed=0)
+    assert prepare("cremad", root, tmp_path / "cache").exit_code == 0
+    with pytest.raises(Exception, match="12 clips leave 0 train"):
+        load_splits("cremad", root, tmp_path / "cache")

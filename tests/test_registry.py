@@ -105,7 +105,7 @@ def _prepared_fixture(name, tmp_path):
     if name not in fixtures.LAYOUTS:
         pytest.skip(f"{name} needs files on disk and has no fixture writer")
     root = tmp_path / name
-    fixtures.write_fixture(name, fixtures.LAYOUTS[name][0], root, clips=12, seed=0)
+    fixtures.write_fixture(name, fixtures.LAYOUTS[name][0], root, clips=24, seed=0)
     overrides = {"root": str(root), "cache": str(tmp_path / "cache"), "cache_image_size": 16, "image_size": 16}
     params = resolve("joint", name, overrides=overrides).data
     cls = DATASETS.get(name)

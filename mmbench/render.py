@@ -1,0 +1,234 @@
+"""Render a `Report` as terminal tables (rich), Markdown, LaTeX (booktabs) and one self-contained
+HTML file. Every format is drawn from the same `TextTable`s, so they always show the same numbers.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from mmbench.report import Report
+
+FORMATS = ("terminal", "md", "tex", "html")
+
+
+@dataclass
+class TextTable:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)
+    caption: str = ""
+
+
+def pp(value: float, digits: int = 2, sign: bool = False) -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    return f"{100 * value:+.{digits}f}" if sign else f"{100 * value:.{digits}f}"
+
+
+def num(value: float, digits: int = 3) -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def pvalue(value: float) -> str:
+    if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def tables(report: Report) -> list[TextTable]:
+    o = report.options
+    out = []
+    for dataset, group in report.main.groupby("dataset", sort=True):
+        rows, bold = [], set()
+        best = group["mean"].max()
+        for i, r in enumerate(group.to_dict("records")):
+            rows.append([r["method"], str(r["n"]), f"{pp(r['mean'])} ± {pp(r['sd'])}",
+                         f"[{pp(r['ci_low'])}, {pp(r['ci_high'])}]",
+                         "–" if not _finite(r.get("delta")) else
+                         f"{pp(r['delta'], sign=True)} [{pp(r['delta_low'], sign=True)}, {pp(r['delta_high'], sign=True)}]",
+                         pvalue(r.get("p")), pvalue(r.get("p_holm")), num(r.get("d_z"), 2),
+                         num(r.get("p_better"), 2), pp(r.get("mde")) if not r.get("significant") else "",
+                         _test_name(r.get("test")), r.get("mark") or ""])
+            if _finite(r["mean"]) and r["mean"] == best:
+                bold.add((i, 2))
+        out.append(TextTable(
+            f"{dataset}: test {o.metric} (%), {o.selection} selection",
+            ["method", "n", "mean ± SD", "95% CI", f"Δ vs {o.baseline} [95% CI]", "p", "p Holm", "d_z",
+             f"P(Δ>{pp(o.rope, 0)}pp)", "MDE", "test", ""], rows, bold,
+            "Δ in pp; paired t over seeds sharing init and data order (Welch where seeds are not paired); "
+            "* p<0.05, † Holm-significant, ≈ equivalent within the ROPE (TOST), ? low power; "
+            "MDE = smallest Δ detectable with 80 % power, shown for non-significant rows."))
+    out.append(_imbalance(report))
+    out.append(_protocol(report))
+    if report.across is not None:
+        out.append(_across(report))
+    return out
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _test_name(test: object) -> str:
+    return test if isinstance(test, str) else ""
+
+
+def _imbalance(report: Report) -> TextTable:
+    frame = report.imbalance
+    has_shapley = "shapley_a" in frame
+    headers = ["dataset", "method", "n", "audio head", "visual head", "rho", "D3 audio logit share",
+               "D4 audio decides", "D4 excess audio"] + (["φ audio", "φ visual", "I"] if has_shapley else [])
+    rows = []
+    for r in frame.to_dict("records"):
+        row = [r["dataset"], r["method"], str(r["n"]), _pm(r, "audio"), _pm(r, "visual"), num(r.get("rho"), 2),
+               pp(r.get("d3_audio_logit"), 1), pp(r.get("d4_audio_decides"), 1), pp(r.get("d4_excess_audio"), 1)]
+        if has_shapley:
+            row += [pp(r.get("shapley_a")), pp(r.get("shapley_v")), num(r.get("imbalance_degree"), 2)]
+        rows.append(row)
+    caption = ("Per-modality accuracy (%) of each modality's own logits in the fused model (± half the 95 % "
+               "t-interval); rho = audio/visual true-class score ratio (1 = balanced); D3/D4 = decision-layer "
+               "diagnostics: audio's share of the logit mass and of the audio-visual disagreements it decides.")
+    if not has_shapley:
+        caption += (" Shapley contributions need masked-modality evaluations, which these results do not store; "
+                    "omitted.")
+    return TextTable("Imbalance", headers, rows, set(), caption)
+
+
+def _pm(row: dict, key: str) -> str:
+    return f"{pp(row.get(key))} ± {pp(row.get(f'{key}_ci'))}" if _finite(row.get(key)) else "–"
+
+
+def _protocol(report: Report) -> TextTable:
+    rows = [[r["dataset"], r["method"], str(r["n"]), pp(r["best_val"]), pp(r["final"]), pp(r["max_over_epochs"]),
+             pp(r["optimism"], sign=True)] for r in report.protocol.to_dict("records")]
+    return TextTable("Protocol gap: which checkpoint is reported", ["dataset", "method", "n", "best on validation",
+                     "final epoch", "max over epochs (test-selected)", "optimism"], rows, set(),
+                     "Test accuracy (%) under three checkpoint rules; the papers' max over epochs selects on the "
+                     "test set, and its optimism over the validation-selected checkpoint is the last column.")
+
+
+def _across(report: Report) -> TextTable:
+    o = report.options
+    rows = []
+    for r in report.across.to_dict("records"):
+        delta = "–" if not _finite(r.get("delta")) else \
+            f"{pp(r['delta'], sign=True)} [{pp(r['delta_low'], sign=True)}, {pp(r['delta_high'], sign=True)}]"
+        wtl = "–" if not _finite(r.get("wins")) else f"{int(r['wins'])}/{int(r['ties'])}/{int(r['losses'])}"
+        rows.append([r["method"], str(r["n_datasets"]), num(r["mean_rank"], 2), delta, wtl])
+    return TextTable("Across datasets", ["method", "datasets", "mean rank", f"Δ̄ vs {o.baseline} [95% CI]",
+                     "W/T/L"], rows, set(),
+                     "Mean rank (1 = best) over datasets where every method ran; Δ̄ = fixed-datasets mean of "
+                     "the per-dataset paired differences with a Welch–Satterthwaite interval; W/T/L vs the "
+                     f"baseline with ties inside ±{pp(o.rope, 0)} pp.")
+
+
+# --- formats -------------------------------------------------------------------------------------
+
+def markdown(report: Report) -> str:
+    parts = [f"# mmbench report\n\n{_header(report)}\n"]
+    for table in tables(report):
+        parts.append(f"## {table.title}\n")
+        parts.append("| " + " | ".join(table.headers) + " |")
+        parts.append("|" + "|".join("---" for _ in table.headers) + "|")
+        for i, row in enumerate(table.rows):
+            cells = [f"**{c}**" if (i, j) in table.bold else c for j, c in enumerate(row)]
+            parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        parts.append(f"\n{table.caption}\n")
+    parts += [f"- {note}" for note in report.notes]
+    for name, path in report.figures.items():
+        parts.append(f"\n![{name}]({path.name if path.parent.name != 'figures' else 'figures/' + path.name})")
+    return "\n".join(parts) + "\n"
+
+
+def _header(report: Report) -> str:
+    o = report.options
+    runs = report.runs
+    return (f"{len(runs)} runs, {runs['dataset'].nunique()} dataset(s), {runs['variant'].nunique()} method(s); "
+            f"metric {o.metric}, selection {o.selection}, baseline {o.baseline}, ROPE ±{pp(o.rope, 0)} pp, "
+            f"alpha {o.alpha}.")
+
+
+_TEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+_TEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "≈": r"$\approx$", "–": "--", "φ": r"$\phi$",
+                "Δ̄": r"$\bar\Delta$", "<": r"$<$", ">": r"$>$", "·": r"$\cdot$"}
+
+
+def tex_escape(text: str) -> str:
+    out = "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
+    for symbol, command in sorted(_TEX_SYMBOLS.items(), key=lambda kv: -len(kv[0])):
+        out = out.replace(symbol, command)
+    return out
+
+
+def latex(report: Report) -> str:
+    parts = [r"\documentclass{article}", r"\usepackage{booktabs}", r"\usepackage[margin=1cm,landscape]{geometry}",
+             r"\usepackage[T1]{fontenc}", r"\begin{document}", r"\scriptsize", tex_escape(_header(report)), ""]
+    for table in tables(report):
+        parts += [r"\begin{table}[h]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
+                  r"\begin{tabular}{" + "l" + "r" * (len(table.headers) - 1) + "}", r"\toprule",
+                  " & ".join(tex_escape(h) for h in table.headers) + r" \\", r"\midrule"]
+        for i, row in enumerate(table.rows):
+            cells = [rf"\textbf{{{tex_escape(c)}}}" if (i, j) in table.bold else tex_escape(c)
+                     for j, c in enumerate(row)]
+            parts.append(" & ".join(cells) + r" \\")
+        parts += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", tex_escape(table.caption), r"\end{table}", ""]
+    parts += [r"\begin{itemize}"] + [rf"\item {tex_escape(n)}" for n in report.notes] + [r"\end{itemize}"]
+    parts.append(r"\end{document}")
+    return "\n".join(parts) + "\n"
+
+
+_CSS = """body{font-family:-apple-system,'DejaVu Sans',Arial,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 0.3em;font-size:13px}
+th,td{padding:3px 8px;text-align:right;border-bottom:1px solid #ddd}th{border-bottom:2px solid #444}
+td:first-child,th:first-child{text-align:left}.caption{color:#555;font-size:12px;max-width:70em}
+img{max-width:48%;margin:0.5em;border:1px solid #eee}h2{margin-top:1.5em}"""
+
+
+def html_page(report: Report) -> str:
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>mmbench report</title>",
+             f"<style>{_CSS}</style></head><body>", "<h1>mmbench report</h1>", f"<p>{html.escape(_header(report))}</p>"]
+    for table in tables(report):
+        parts.append(f"<h2>{html.escape(table.title)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in table.headers) + "</tr>")
+        for i, row in enumerate(table.rows):
+            cells = [f"<b>{html.escape(c)}</b>" if (i, j) in table.bold else html.escape(c) for j, c in enumerate(row)]
+            parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        parts.append(f"</table><p class='caption'>{html.escape(table.caption)}</p>")
+    parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
+    if report.figures:
+        parts.append("<h2>Figures</h2>")
+        for name, path in report.figures.items():
+            data = base64.b64encode(Path(path).read_bytes()).decode()
+            parts.append(f"<img alt='{html.escape(name)}' title='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def rich_tables(report: Report) -> list:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = []
+    for table in tables(report):
+        rich_table = Table(title=table.title, title_justify="left", caption=table.caption, caption_justify="left")
+        for j, header in enumerate(table.headers):
+            rich_table.add_column(header, justify="left" if j == 0 else "right", overflow="fold")
+        for i, row in enumerate(table.rows):
+            rich_table.add_row(*[f"[bold]{escape(c)}[/bold]" if (i, j) in table.bold else escape(c)
+                                 for j, c in enumerate(row)])
+        out.append(rich_table)
+    return out
+
+
+def to_frame(table: TextTable) -> pd.DataFrame:
+    return pd.DataFrame(table.rows, columns=table.headers)

@@ -1,0 +1,363 @@
+"""`mmbench report`: results folders -> significance-tested tables and figures (STATS.md §8).
+
+The numbers live in one `Report` (also written as report.json); the formats (terminal,
+Markdown, LaTeX, HTML) only render it. Seeds are the replicates; methods are compared with
+the baseline paired by seed when the stored pairing metadata says the seeds share their
+random streams (`crn`, `pair_key`), with Welch's test otherwise; Holm adjusts the p-values
+over the family "every method vs the baseline on every dataset".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmbench import stats
+from mmbench.results import read_epochs, read_runs
+
+SELECTIONS = {"best-val": "best_val_", "final": "final_", "paper": "paper_max_"}
+METRICS = ("acc", "macro_f1", "map")
+# Config keys that do not make two runs different variants of a method.
+NOT_VARIANT = {"seed", "device", "num_threads"}
+LOCATION_KEYS = {"root", "cache", "split_dir"}
+
+
+class ReportError(ValueError):
+    """The results cannot be reported as asked; one line for the user."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    baseline: str = "joint"
+    metric: str = "acc"
+    selection: str = "best-val"
+    rope: float = 0.01
+    alpha: float = 0.05
+
+    @property
+    def column(self) -> str:
+        return f"{SELECTIONS[self.selection]}{self.metric}"
+
+
+@dataclass
+class Report:
+    options: ReportOptions
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    main: pd.DataFrame
+    imbalance: pd.DataFrame
+    protocol: pd.DataFrame
+    across: pd.DataFrame | None
+    friedman: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        def records(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
+            if frame is None:
+                return []
+            return json.loads(frame.to_json(orient="records", double_precision=10))
+
+        return {"options": self.options.__dict__, "n_runs": len(self.runs), "notes": self.notes,
+                "main": records(self.main), "imbalance": records(self.imbalance),
+                "protocol": records(self.protocol), "across": records(self.across), "friedman": self.friedman,
+                "figures": {k: str(v) for k, v in self.figures.items()}}
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def load_results(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Finished runs of every folder (a run found twice counts once) and their epoch rows."""
+    runs, epochs = [], []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise ReportError(f"{folder}: no such results folder")
+        runs.append(read_runs(folder))
+        epochs.append(read_epochs(folder))
+    runs_df = pd.concat([r for r in runs if not r.empty], ignore_index=True) if any(not r.empty for r in runs) \
+        else pd.DataFrame()
+    if runs_df.empty:
+        raise ReportError(f"no finished runs under {', '.join(map(str, folders))} (run `mmbench run` first)")
+    runs_df = runs_df.drop_duplicates("run_id").reset_index(drop=True)
+    if "status" in runs_df:
+        runs_df = runs_df[runs_df["status"] == "ok"].reset_index(drop=True)
+    runs_df["variant"] = variant_labels(runs_df)
+    epochs_df = pd.concat([e for e in epochs if not e.empty], ignore_index=True) if any(
+        not e.empty for e in epochs) else pd.DataFrame()
+    if not epochs_df.empty:
+        epochs_df = epochs_df.drop_duplicates(["run_id", "epoch"])
+        epochs_df = epochs_df.merge(runs_df[["run_id", "dataset", "variant", "seed"]], on="run_id")
+        epochs_df["method"] = epochs_df.pop("variant")
+    return runs_df, epochs_df
+
+
+def variant_labels(runs: pd.DataFrame) -> pd.Series:
+    """The method name, plus the settings that differ where one method ran with several configs
+    on a dataset (e.g. `ogm-ge[alpha=0.5]`)."""
+    configs = [_identity(text) for text in runs["config_json"]]
+    labels = runs["method"].astype(str).copy()
+    for (_dataset, method), rows in runs.groupby(["dataset", "method"]).groups.items():
+        distinct = {json.dumps(configs[i], sort_keys=True) for i in rows}
+        if len(distinct) < 2:
+            continue
+        keys = sorted({k for i in rows for k in configs[i]
+                       if len({json.dumps(configs[j].get(k), sort_keys=True) for j in rows}) > 1})
+        for i in rows:
+            labels.iloc[i] = f"{method}[{','.join(f'{k}={configs[i].get(k)}' for k in keys)}]"
+    return labels
+
+
+def _identity(config_json: str) -> dict[str, Any]:
+    config = json.loads(config_json)
+    flat = {k: v for k, v in config.items() if k not in NOT_VARIANT | {"hparams", "data"}}
+    flat.update(config.get("hparams", {}))
+    flat.update({k: v for k, v in config.get("data", {}).items() if k not in LOCATION_KEYS})
+    return flat
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+def build_report(runs: pd.DataFrame, epochs: pd.DataFrame, options: ReportOptions) -> Report:
+    if options.column not in runs:
+        have = sorted({c.split("_", 2)[-1] for c in runs if c.startswith("best_val_")} & set(METRICS))
+        raise ReportError(f"--metric {options.metric} with --selection {options.selection}: column "
+                          f"{options.column} is not in the results (metrics there: {', '.join(have)}; "
+                          "--selection paper has acc only)")
+    notes: list[str] = []
+    main = main_table(runs, options, notes)
+    across, friedman = across_datasets(main, runs, options, notes)
+    return Report(options, runs, epochs, main, imbalance_table(runs, options), protocol_table(runs, options),
+                  across, friedman, notes)
+
+
+def _methods_in_order(runs: pd.DataFrame, baseline: str) -> list[str]:
+    order = list(dict.fromkeys(runs["variant"]))
+    return sorted(order, key=lambda m: (m != baseline, order.index(m)))
+
+
+def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> pd.DataFrame:
+    rows = []
+    for dataset, group in runs.groupby("dataset", sort=True):
+        base = group[group["variant"] == options.baseline]
+        if base.empty:
+            notes.append(f"{dataset}: no runs of the baseline {options.baseline}; no comparisons there")
+        for method in _methods_in_order(group, options.baseline):
+            cell = group[group["variant"] == method]
+            summary = stats.summarize(cell[options.column].to_numpy(float))
+            row = {"dataset": dataset, "method": method, "n": summary.n, "mean": summary.mean, "sd": summary.sd,
+                   "ci_low": summary.ci_low, "ci_high": summary.ci_high, "median": summary.median,
+                   "seeds": ",".join(str(s) for s in sorted(cell["seed"]))}
+            if method != options.baseline and not base.empty:
+                row.update(_comparison(cell, base, options))
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in ("delta", "p", "test"):
+        if column not in table:
+            table[column] = np.nan
+    table["p_holm"] = stats.holm(table["p"].to_numpy(float))
+    table["significant"] = table["p_holm"] < options.alpha
+    table["mark"] = [_mark(r, options) for r in table.to_dict("records")]
+    if (table["n"] <= 3).any():
+        notes.append("? = low power (n <= 3 seeds, or the minimum detectable effect exceeds twice the ROPE); "
+                     "treat those p-values as descriptive")
+    notes.append(f"Holm over {int(table['p'].notna().sum())} comparisons with {options.baseline} "
+                 f"(family: every method vs the baseline on every dataset), alpha {options.alpha}")
+    return table
+
+
+def _comparison(cell: pd.DataFrame, base: pd.DataFrame, options: ReportOptions) -> dict[str, Any]:
+    """Paired by seed when both sides say their seeds share random streams, else Welch."""
+    paired = bool(cell.get("crn", pd.Series([False])).all() and base.get("crn", pd.Series([False])).all()
+                  and cell["pair_key"].notna().all() and base["pair_key"].notna().all())
+    if paired:
+        joined = cell.merge(base, on="pair_key", suffixes=("", "_base"))
+        paired = len(joined) >= 2
+    if paired:
+        a, b = joined[options.column].to_numpy(float), joined[f"{options.column}_base"].to_numpy(float)
+    else:
+        a, b = cell[options.column].to_numpy(float), base[options.column].to_numpy(float)
+    result = stats.compare(a, b, paired=paired, rope=options.rope)
+    narrow = stats.compare(a, b, paired=paired, rope=options.rope, confidence=0.90)
+    equivalent = (math.isfinite(narrow.ci_low) and -options.rope <= narrow.ci_low
+                  and narrow.ci_high <= options.rope)  # TOST at 5 % == the 90 % interval inside the ROPE
+    return {"n_pairs": len(a) if paired else 0, "test": result.test, "delta": result.delta,
+            "delta_low": result.ci_low, "delta_high": result.ci_high, "p": result.p, "d_z": result.d_z,
+            "mde": result.mde, "p_better": result.p_better, "p_rope": result.p_rope, "p_worse": result.p_worse,
+            "low_power": bool(result.low_power or (math.isfinite(result.mde) and result.mde > 2 * options.rope)),
+            "equivalent": bool(equivalent), "signflip_p": result.signflip_p, "correlation": result.correlation}
+
+
+def _mark(row: dict[str, Any], options: ReportOptions) -> str:
+    marks = ""
+    p = row.get("p")
+    if p is not None and isinstance(p, float) and p < options.alpha:
+        marks += "*"
+    if row.get("significant"):
+        marks += "†"
+    if row.get("equivalent") is True:
+        marks += "≈"
+    if row.get("low_power") is True:
+        marks += "?"
+    return marks
+
+
+def imbalance_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
+    """Per-modality accuracy from the fused model's own heads, the imbalance ratio and the
+    decision-layer diagnostics, at the chosen selection (paper -> best-val heads)."""
+    prefix = SELECTIONS[options.selection] if options.selection != "paper" else SELECTIONS["best-val"]
+    columns = {"acc_head_a": "audio", "acc_head_v": "visual", "rho": "rho", "d3_logit_share_a": "d3_audio_logit",
+               "d4_audio_decides": "d4_audio_decides", "d4_excess_audio": "d4_excess_audio",
+               "shapley_a": "shapley_a", "shapley_v": "shapley_v"}
+    rows = []
+    for (dataset, method), cell in runs.groupby(["dataset", "variant"], sort=False):
+        row: dict[str, Any] = {"dataset": dataset, "method": method, "n": len(cell)}
+        for column, name in columns.items():
+            if f"{prefix}{column}" in cell:
+                summary = stats.summarize(cell[f"{prefix}{column}"].to_numpy(float))
+                row[name], row[f"{name}_ci"] = summary.mean, (summary.ci_high - summary.ci_low) / 2
+        if {"shapley_a", "shapley_v"} <= row.keys():
+            row["imbalance_degree"] = _degree(row["shapley_a"], row["shapley_v"])
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["dataset"], kind="stable").reset_index(drop=True)
+
+
+def _degree(phi_a: float, phi_v: float) -> float:
+    total = abs(phi_a) + abs(phi_v)
+    return abs(phi_a - phi_v) / total if total > 0 else math.nan
+
+
+def protocol_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
+    """Test accuracy at the best-validation epoch, at the final epoch and the maximum over
+    epochs (the papers' protocol, which selects on the test set): the gap is its optimism."""
+    rows = []
+    for (dataset, method), cell in runs.groupby(["dataset", "variant"], sort=False):
+        best, final = cell.get("best_val_acc"), cell.get("final_acc")
+        paper = cell.get("paper_max_acc")
+        row = {"dataset": dataset, "method": method, "n": len(cell),
+               "best_val": float(best.mean()) if best is not None else math.nan,
+               "final": float(final.mean()) if final is not None else math.nan,
+               "max_over_epochs": float(paper.mean()) if paper is not None else math.nan}
+        row["optimism"] = row["max_over_epochs"] - row["best_val"]
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["dataset"], kind="stable").reset_index(drop=True)
+
+
+def across_datasets(main: pd.DataFrame, runs: pd.DataFrame, options: ReportOptions,
+                    notes: list[str]) -> tuple[pd.DataFrame | None, dict[str, Any] | None]:
+    datasets = sorted(main["dataset"].unique())
+    if len(datasets) < 2:
+        notes.append("one dataset: no cross-dataset aggregate")
+        return None, None
+    scores = main.pivot_table(index="dataset", columns="method", values="mean")
+    complete = scores.dropna()
+    if len(complete) < len(scores):
+        notes.append(f"mean ranks use the {len(complete)} of {len(scores)} datasets where every method ran")
+    ranks = stats.mean_ranks(complete) if len(complete) else pd.Series(dtype=float)
+    rows = []
+    for method in _methods_in_order(runs, options.baseline):
+        diffs = _paired_diffs(runs, method, options) if method != options.baseline else []
+        row: dict[str, Any] = {"method": method, "mean_rank": float(ranks.get(method, math.nan)),
+                               "n_datasets": int(scores[method].notna().sum()) if method in scores else 0}
+        if diffs:
+            aggregate = stats.fixed_datasets_delta(diffs)
+            wins, ties, losses = stats.wins_ties_losses([float(np.mean(d)) for d in diffs], options.rope)
+            row.update({"delta": aggregate.delta, "delta_low": aggregate.ci_low, "delta_high": aggregate.ci_high,
+                        "wins": wins, "ties": ties, "losses": losses})
+        rows.append(row)
+    friedman = None
+    if len(complete) >= 5 and complete.shape[1] >= 3:
+        result = stats.friedman_test(complete)
+        friedman = {k: getattr(result, k) for k in ("n_datasets", "k", "chi2", "p_chi2", "f_stat", "p_f", "cd")}
+    else:
+        notes.append(f"Friedman / Iman-Davenport test and critical-difference diagram omitted: they need at "
+                     f"least 5 datasets with every method (here {len(complete)}); with fewer, no pair of methods "
+                     "can be told apart by ranks (STATS.md §3.1)")
+    return pd.DataFrame(rows), friedman
+
+
+def _paired_diffs(runs: pd.DataFrame, method: str, options: ReportOptions) -> list[np.ndarray]:
+    diffs = []
+    for _dataset, group in runs.groupby("dataset"):
+        cell, base = group[group["variant"] == method], group[group["variant"] == options.baseline]
+        joined = cell.merge(base, on="pair_key", suffixes=("", "_base"))
+        if len(joined) >= 2:
+            diffs.append((joined[options.column] - joined[f"{options.column}_base"]).to_numpy(float))
+    return diffs
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def draw_figures(report: Report, folder: Path) -> dict[str, Path]:
+    """STATS.md §7 figures into `folder`; the CD diagram only with >= 5 datasets."""
+    from mmbench import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    o, figures = report.options, {}
+    for dataset in sorted(report.runs["dataset"].unique()):
+        runs = report.runs.assign(method=report.runs["variant"])
+        safe = dataset.replace("/", "_")
+        figures[f"{dataset}: seeds"] = plots.strip_plot(runs, dataset, o.column, o.baseline,
+                                                        path=folder / f"{safe}-seeds.png")
+        if not report.epochs.empty:
+            figures[f"{dataset}: training curves"] = plots.curves_plot(runs, report.epochs, dataset,
+                                                                       folder / f"{safe}-curves.png")
+            diagnostics = plots.diagnostics_plot(runs, report.epochs, dataset, folder / f"{safe}-diagnostics.png")
+            if diagnostics is not None:
+                figures[f"{dataset}: method diagnostics"] = diagnostics
+        selection = "final" if o.selection == "final" else "best_val"
+        figures[f"{dataset}: imbalance"] = plots.imbalance_plot(runs, dataset, folder / f"{safe}-imbalance.png",
+                                                                selection=selection)
+    deltas = forest_rows(report)
+    if not deltas.empty:
+        figures["Δ vs baseline"] = plots.forest_plot(deltas, folder / "forest.png", rope_pp=100 * o.rope)
+    if report.friedman is not None and report.across is not None:
+        ranks = report.across.set_index("method")["mean_rank"].dropna()
+        figures["critical difference"] = plots.cd_diagram(ranks, report.friedman["cd"],
+                                                          report.friedman["n_datasets"], folder / "cd.png")
+    report.figures = figures
+    return figures
+
+
+def forest_rows(report: Report) -> pd.DataFrame:
+    main = report.main.dropna(subset=["delta"])
+    rows = [{"label": f"{r['method']} · {r['dataset']}", "delta_pp": 100 * r["delta"],
+             "ci_low_pp": 100 * r["delta_low"], "ci_high_pp": 100 * r["delta_high"],
+             "significant": bool(r["significant"]), "p_better": r.get("p_better", math.nan)}
+            for r in main.to_dict("records")]
+    if report.across is not None and "delta" in report.across:
+        for r in report.across.dropna(subset=["delta"]).to_dict("records"):
+            rows.append({"label": f"{r['method']} · all datasets", "delta_pp": 100 * r["delta"],
+                         "ci_low_pp": 100 * r["delta_low"], "ci_high_pp": 100 * r["delta_high"],
+                         "significant": False, "p_better": math.nan})
+    return pd.DataFrame(rows)
+
+
+def write_report(report: Report, out: Path, formats: tuple[str, ...], figures: bool = True) -> dict[str, Path]:
+    """report.json always; report.md / .tex / .html as asked; figures under out/figures."""
+    from mmbench import render
+
+    out.mkdir(parents=True, exist_ok=True)
+    if figures:
+        draw_figures(report, out / "figures")
+    written = {"json": out / "report.json"}
+    _write(written["json"], json.dumps(report.to_json(), indent=2, default=str))
+    writers = {"md": ("report.md", render.markdown), "tex": ("report.tex", render.latex),
+               "html": ("report.html", render.html_page)}
+    for name in formats:
+        if name in writers:
+            filename, writer = writers[name]
+            written[name] = out / filename
+            _write(written[name], writer(report))
+    return written
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
