@@ -30,6 +30,7 @@ from torchvision import transforms
 
 from mmbench import cache, fixtures, media
 from mmbench.config import resolve
+from mmbench.engine import tune_allocator
 from mmbench.registry import DATASETS
 
 
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tune_allocator()  # as every training run does
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "cremad"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import math
 import os
@@ -78,6 +79,20 @@ def select_device(name: str) -> torch.device:
 # num_threads=0 means the machine's default, not "whatever an earlier run in this process set":
 # the thread count changes how reductions are split, hence the last bits of every result.
 DEFAULT_THREADS = torch.get_num_threads()
+
+
+def tune_allocator() -> None:
+    """Keep freed large blocks in the heap (glibc): every batch allocates tens of MB of tensors,
+    and fresh pages from the kernel cost more than the arithmetic on them (measured: converting a
+    64 x 3 x 224 x 224 uint8 batch to float, 21 ms -> 9 ms). No effect on the numbers."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def configure_determinism(cfg: RunConfig) -> int:
@@ -240,6 +255,7 @@ def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> di
     Returns the run row. A failure writes `<run_id>.failed.json` and raises RunFailed."""
     reporter = reporter or Reporter()
     paths = run_paths(out, cfg)
+    tune_allocator()
     try:
         return _run(cfg, paths, reporter)
     except RunFailed as exc:

@@ -53,8 +53,7 @@ def tables(report: Report) -> list[TextTable]:
         for i, r in enumerate(group.to_dict("records")):
             rows.append([r["method"], str(r["n"]), f"{pp(r['mean'])} ± {pp(r['sd'])}",
                          f"[{pp(r['ci_low'])}, {pp(r['ci_high'])}]",
-                         "–" if not _finite(r.get("delta")) else
-                         f"{pp(r['delta'], sign=True)} [{pp(r['delta_low'], sign=True)}, {pp(r['delta_high'], sign=True)}]",
+                         _delta(r),
                          pvalue(r.get("p")), pvalue(r.get("p_holm")), num(r.get("d_z"), 2),
                          num(r.get("p_better"), 2), pp(r.get("mde")) if not r.get("significant") else "",
                          _test_name(r.get("test")), r.get("mark") or ""])
@@ -72,6 +71,12 @@ def tables(report: Report) -> list[TextTable]:
     if report.across is not None:
         out.append(_across(report))
     return out
+
+
+def _delta(r: dict) -> str:
+    if not _finite(r.get("delta")):
+        return "–"
+    return f"{pp(r['delta'], sign=True)} [{pp(r['delta_low'], sign=True)}, {pp(r['delta_high'], sign=True)}]"
 
 
 def _finite(value: object) -> bool:
@@ -120,8 +125,7 @@ def _across(report: Report) -> TextTable:
     o = report.options
     rows = []
     for r in report.across.to_dict("records"):
-        delta = "–" if not _finite(r.get("delta")) else \
-            f"{pp(r['delta'], sign=True)} [{pp(r['delta_low'], sign=True)}, {pp(r['delta_high'], sign=True)}]"
+        delta = _delta(r)
         wtl = "–" if not _finite(r.get("wins")) else f"{int(r['wins'])}/{int(r['ties'])}/{int(r['losses'])}"
         rows.append([r["method"], str(r["n_datasets"]), num(r["mean_rank"], 2), delta, wtl])
     return TextTable("Across datasets", ["method", "datasets", "mean rank", f"Δ̄ vs {o.baseline} [95% CI]",
@@ -201,7 +205,8 @@ def html_page(report: Report) -> str:
         parts.append(f"<h2>{html.escape(table.title)}</h2><table><tr>"
                      + "".join(f"<th>{html.escape(h)}</th>" for h in table.headers) + "</tr>")
         for i, row in enumerate(table.rows):
-            cells = [f"<b>{html.escape(c)}</b>" if (i, j) in table.bold else html.escape(c) for j, c in enumerate(row)]
+            cells = [f"<b>{html.escape(c)}</b>" if (i, j) in table.bold else html.escape(c)
+                     for j, c in enumerate(row)]
             parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         parts.append(f"</table><p class='caption'>{html.escape(table.caption)}</p>")
     parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
@@ -209,7 +214,8 @@ def html_page(report: Report) -> str:
         parts.append("<h2>Figures</h2>")
         for name, path in report.figures.items():
             data = base64.b64encode(Path(path).read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(name)}' title='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+            label = html.escape(name)
+            parts.append(f"<img alt='{label}' title='{label}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 

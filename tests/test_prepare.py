@@ -61,7 +61,7 @@ def test_every_layout_prepares_and_trains_one_epoch(tmp_path, dataset, layout):
 
 def test_cache_holds_what_the_files_hold(tmp_path):
     root = tmp_path / "bb"
-    fixtures.write_fixture("cremad", "balancebench", root, clips=12, seed=0)
+    fixtures.write_fixture("cremad", "balancebench", root, clips=24, seed=0)
     assert prepare("cremad", root, tmp_path / "cache").exit_code == 0
     ds, splits = load_splits("cremad", root, tmp_path / "cache")
     store = ds.store()
@@ -69,7 +69,7 @@ def test_cache_holds_what_the_files_hold(tmp_path):
     clip = store.index["clip"].iloc[3]
     stored = torch.load(root / "audio" / f"{clip}.pt").squeeze().numpy()
     np.testing.assert_allclose(store.audio[3].astype(np.float32), stored, rtol=1e-3, atol=1e-3)
-    assert store.index["frame_count"].tolist() == [10] * 12  # frame_00001..00010 each
+    assert store.index["frame_count"].tolist() == [10] * 24  # frame_00001..00010 each
     assert store.frames.dtype == np.uint8 and store.frames.shape[1:] == (3, 32, 32)
     # Split files (with a name,label header) decide train and test; validation comes out of train.
     test_rows = pd.read_csv(root / "test.csv")
