@@ -234,33 +234,47 @@ def _strict_message(bad: list[BadClip]) -> str:
 
 def _decode_shards(scan: Scan, prep: Preprocessing, work: Path, shards: list[list[int]], jobs: int,
                    on_progress: ProgressFn) -> None:
+    """Decode the shards not on disk yet. With several processes each worker decodes and writes
+    whole shards, so no decoded array travels through a pipe."""
     total = len(scan.clips)
     pending = [k for k in range(len(shards)) if not (work / f"shard-{k:05d}.pkl").exists()]
     done = total - sum(len(shards[k]) for k in pending)
     on_progress(done, total)
     if not pending:
         return
-    jobs_list = [(i, scan.clips[i], prep) for k in pending for i in shards[k]]
-    shard_of = {i: k for k in pending for i in shards[k]}
-    results: dict[int, dict[int, Any]] = {k: {} for k in pending}
-    pool = None
-    if jobs > 1:
-        pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker)
-        outputs: Iterator = pool.imap_unordered(_decode_job, jobs_list, chunksize=2)
-    else:
-        outputs = map(_decode_job, jobs_list)
+    if jobs == 1:
+        for k in pending:
+            results = {}
+            for i in shards[k]:
+                index, results[i] = _decode_job((i, scan.clips[i], prep))
+                done += 1
+                on_progress(done, total)
+            _write_shard(work, k, results)
+        return
+    tasks = [(k, [(i, scan.clips[i], prep) for i in shards[k]], work) for k in pending]
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker)
     try:
-        for index, result in outputs:
-            k = shard_of[index]
-            results[k][index] = result
-            done += 1
+        for count in pool.imap_unordered(_shard_job, tasks):
+            done += count
             on_progress(done, total)
-            if len(results[k]) == len(shards[k]):
-                _write_atomic(work / f"shard-{k:05d}.pkl", pickle.dumps(results.pop(k), protocol=5))
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        pool.terminate()
+        pool.join()
+
+
+def _shard_job(task: tuple[int, list[tuple[int, ClipSource, Preprocessing]], Path]) -> int:
+    k, jobs, work = task
+    _write_shard(work, k, dict(_decode_job(job) for job in jobs))
+    return len(jobs)
+
+
+def _write_shard(work: Path, k: int, results: dict[int, Any]) -> None:
+    """The arrays, and beside them the little the first consolidation pass needs (written first:
+    the .pkl marks the shard as done)."""
+    meta = {str(i): None if isinstance(r, BadClip) else [list(r[0].shape), len(r[1]), r[1].shape[-1]]
+            for i, r in results.items()}
+    _write_atomic(work / f"shard-{k:05d}.json", json.dumps(meta).encode())
+    _write_atomic(work / f"shard-{k:05d}.pkl", pickle.dumps(results, protocol=5))
 
 
 def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bool) -> list[BadClip]:
@@ -268,20 +282,24 @@ def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bo
     bad = list(scan.bad)
     shapes: Counter = Counter()
     frame_counts: dict[int, int] = {}
-    size = 0
+    size, failed = 0, 0
     for k in range(n_shards):
-        for index, result in _load_shard(work, k).items():
-            if isinstance(result, BadClip):
-                bad.append(result)
+        for index, meta in json.loads((work / f"shard-{k:05d}.json").read_text()).items():
+            if meta is None:
+                failed += 1
             else:
-                shapes[result[0].shape] += 1
-                frame_counts[index] = len(result[1])
-                size = result[1].shape[-1]
-    if not shapes:
-        raise DataError(f"{target}: no clip could be decoded; see the reasons in {target / 'bad_clips.csv'}")
+                shapes[tuple(meta[0])] += 1
+                frame_counts[int(index)] = meta[1]
+                size = meta[2]
+    if not shapes or (strict and (failed or len(shapes) > 1)):
+        decoded_bad = [r for k in range(n_shards) for r in _load_shard(work, k).values() if isinstance(r, BadClip)]
+        if strict and decoded_bad:
+            raise DataError(_strict_message(decoded_bad))
+        if not shapes:
+            _write_bad(target, bad + decoded_bad)
+            raise DataError(f"{target}: no clip could be decoded; the reasons are in {target / 'bad_clips.csv'}")
     audio_shape = shapes.most_common(1)[0][0]
     keep = sorted(frame_counts)
-    _write_bad(target, bad)  # the shape check below may add more; rewritten then
     audio = np.lib.format.open_memmap(target / ".audio.npy", "w+", np.float16, (len(keep), *audio_shape))
     frames = np.lib.format.open_memmap(target / ".frames.npy", "w+", np.uint8,
                                        (sum(frame_counts.values()), 3, size, size))
@@ -289,6 +307,7 @@ def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bo
     for k in range(n_shards):
         for index, result in sorted(_load_shard(work, k).items()):
             if isinstance(result, BadClip):
+                bad.append(result)
                 continue
             src = scan.clips[index]
             if result[0].shape != audio_shape:

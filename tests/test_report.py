@@ -1,0 +1,183 @@
+"""`mmbench report`: the statistics in its tables, and every output format."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+from typer.testing import CliRunner
+
+from mmbench.cli import app
+from mmbench.report import ReportOptions, build_report, load_results
+from mmbench.stats import holm
+
+from .conftest import TINY
+
+runner = CliRunner()
+
+
+def fake_runs(values: dict[tuple[str, str], list[float]], crn: bool = True, seeds: dict | None = None) -> pd.DataFrame:
+    """Run rows as results.read_runs returns them, from {(dataset, method): accuracies per seed}."""
+    rows = []
+    for (dataset, method), accs in values.items():
+        for i, acc in enumerate(accs):
+            seed = (seeds or {}).get((dataset, method), range(len(accs)))[i]
+            config = {"method": method, "dataset": dataset, "seed": seed, "hparams": {}, "data": {}}
+            rows.append({"run_id": f"{dataset}-{method}-{seed}", "status": "ok", "dataset": dataset,
+                         "method": method, "seed": seed, "pair_key": seed if crn else None, "crn": crn,
+                         "config_json": json.dumps(config), "best_val_acc": acc, "final_acc": acc - 0.01,
+                         "paper_max_acc": acc + 0.02, "best_val_acc_head_a": 0.6, "best_val_acc_head_v": 0.3,
+                         "best_val_rho": 2.0, "best_val_d4_audio_decides": 0.7})
+    runs = pd.DataFrame(rows)
+    runs["variant"] = runs["method"]
+    return runs
+
+
+BASE = [0.70, 0.72, 0.71, 0.69, 0.73]
+
+
+def test_paired_comparison_matches_scipy_and_holm_over_the_family():
+    a = [0.72, 0.75, 0.73, 0.70, 0.76]
+    b = [0.69, 0.73, 0.70, 0.70, 0.72]
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): a, ("d1", "b"): b})
+    report = build_report(runs, pd.DataFrame(), ReportOptions())
+    main = report.main.set_index("method")
+    for name, values in (("a", a), ("b", b)):
+        expected = sps.ttest_rel(values, BASE)
+        assert main.loc[name, "test"] == "paired-t"
+        assert main.loc[name, "p"] == pytest.approx(expected.pvalue)
+        assert main.loc[name, "delta"] == pytest.approx(np.mean(np.subtract(values, BASE)))
+        ci = expected.confidence_interval()
+        assert (main.loc[name, "delta_low"], main.loc[name, "delta_high"]) == pytest.approx((ci.low, ci.high))
+    p = main.loc[["a", "b"], "p"].to_numpy()
+    assert main.loc[["a", "b"], "p_holm"].to_numpy() == pytest.approx(holm(p))
+    assert main.loc["a", "p_holm"] == pytest.approx(min(1, 2 * min(p)) if p[0] < p[1] else max(2 * p[1], p[0]))
+    mean = main.loc["joint", "mean"]
+    half = sps.t.ppf(0.975, 4) * np.std(BASE, ddof=1) / np.sqrt(5)
+    assert (main.loc["joint", "ci_low"], main.loc["joint", "ci_high"]) == pytest.approx((mean - half, mean + half))
+    assert np.isnan(main.loc["joint", "p"])
+
+
+def test_unpaired_seeds_use_welch():
+    a = [0.75, 0.78, 0.74]
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): a}, crn=False)
+    row = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method").loc["a"]
+    expected = sps.ttest_ind(a, BASE, equal_var=False)
+    assert row["test"] == "welch" and row["p"] == pytest.approx(expected.pvalue)
+    assert "?" in row["mark"]  # n = 3 is flagged as low power
+
+
+def test_seeds_that_do_not_match_are_paired_on_the_common_ones():
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): [0.8, 0.81, 0.79]},
+                     seeds={("d1", "a"): [2, 3, 9]})
+    row = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method").loc["a"]
+    assert row["test"] == "paired-t" and row["n_pairs"] == 2
+    assert row["delta"] == pytest.approx(np.mean([0.8 - BASE[2], 0.81 - BASE[3]]))
+
+
+def test_identical_results_and_zero_variance():
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "same"): BASE, ("d1", "shifted"): [v + 0.02 for v in BASE],
+                      ("d1", "flat"): [0.7] * 5})
+    main = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method")
+    assert main.loc["same", "test"] == "identical" and main.loc["same", "delta"] == 0
+    assert np.isnan(main.loc["same", "p"]) and "†" not in main.loc["same", "mark"]
+    assert main.loc["shifted", "delta"] == pytest.approx(0.02)
+    assert main.loc["flat", "sd"] == 0 and main.loc["flat", "ci_low"] == main.loc["flat", "ci_high"] == 0.7
+
+
+def test_two_seeds_still_give_an_interval():
+    runs = fake_runs({("d1", "joint"): [0.7, 0.72], ("d1", "a"): [0.74, 0.75]})
+    row = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method").loc["a"]
+    assert row["n"] == 2 and np.isfinite(row["delta_low"]) and row["low_power"]
+
+
+def test_across_datasets_with_a_method_missing_on_one():
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): [v + 0.03 for v in BASE],
+                      ("d2", "joint"): BASE, ("d2", "a"): [v + 0.01 for v in BASE], ("d2", "b"): BASE})
+    report = build_report(runs, pd.DataFrame(), ReportOptions())
+    across = report.across.set_index("method")
+    assert across.loc["a", "delta"] == pytest.approx(0.02)  # fixed-datasets mean of +3 and +1 pp
+    assert across.loc["a", "n_datasets"] == 2 and across.loc["b", "n_datasets"] == 1
+    assert (across.loc["a", "wins"], across.loc["a", "ties"], across.loc["a", "losses"]) == (1, 1, 0)
+    assert any("1 of 2 datasets" in note for note in report.notes)
+    assert report.friedman is None and any("omitted" in note for note in report.notes)
+
+
+def test_protocol_gap_shows_the_optimism_of_test_selection():
+    runs = fake_runs({("d1", "joint"): BASE})
+    row = build_report(runs, pd.DataFrame(), ReportOptions()).protocol.iloc[0]
+    assert row["optimism"] == pytest.approx(0.02) and row["final"] == pytest.approx(np.mean(BASE) - 0.01)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "results"
+    sets = [f"--set={k}={v}" for k, v in TINY.items() if k not in ("epochs",)]
+    result = runner.invoke(app, ["run", "-m", "joint,ogm-ge,opm", "--seeds", "0,1,2", "--epochs", "3",
+                                 "--out", str(out), *sets])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_report_in_every_format(results, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", str(results), "--format", "terminal,md,tex,html", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "synthetic: test acc (%), best-val selection" in text and "Δ vs joint" in text
+    data = json.loads((out / "report.json").read_text())
+    assert {r["method"] for r in data["main"]} == {"joint", "ogm-ge", "opm"}
+    runs, _ = load_results([results])
+    joint = runs[runs["method"] == "joint"].sort_values("seed")["best_val_acc"].to_numpy()
+    opm = runs[runs["method"] == "opm"].sort_values("seed")["best_val_acc"].to_numpy()
+    row = next(r for r in data["main"] if r["method"] == "opm")
+    assert row["delta"] == pytest.approx(np.mean(opm - joint))
+    markdown = (out / "report.md").read_text()
+    assert "| method | n | mean ± SD |" in markdown and "figures/synthetic-seeds.png" in markdown
+    tex = (out / "report.tex").read_text()
+    assert r"\toprule" in tex and r"\textbf{" in tex and r"\begin{tabular}" in tex
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "http://" not in page and "https://" not in page
+    for png in (out / "figures").glob("*.png"):
+        assert matplotlib.image.imread(png).std() > 0
+    if shutil.which("pdflatex"):
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "report.tex"], cwd=out, capture_output=True)
+        assert done.returncode == 0 and (out / "report.pdf").exists(), done.stdout[-2000:]
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_html_report_renders_in_headless_chromium(results, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
+    out = tmp_path / "report"
+    assert runner.invoke(app, ["report", str(results), "--format", "html", "--out", str(out)]).exit_code == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={shot}", "--window-size=1400,2400", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    image = matplotlib.image.imread(shot)
+    assert image.shape[:2] == (2400, 1400)
+    # Tables (dark text on white) and figures (coloured pixels) are both on the page.
+    rgb = image[..., :3]
+    assert (rgb.mean(axis=2) < 0.3).mean() > 0.002
+    assert ((rgb.max(axis=2) - rgb.min(axis=2)) > 0.3).mean() > 0.002
+
+
+def test_report_errors_are_one_line(results, tmp_path):
+    missing = runner.invoke(app, ["report", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "no such results folder" in missing.output
+    baseline = runner.invoke(app, ["report", str(results), "--baseline", "jiont", "--out", str(tmp_path / "r")])
+    assert baseline.exit_code == 2 and "joint" in baseline.output
+    paper = runner.invoke(app, ["report", str(results), "--selection", "paper", "--metric", "map",
+                                "--out", str(tmp_path / "r")])
+    assert paper.exit_code == 2 and "acc only" in " ".join(paper.output.split())
