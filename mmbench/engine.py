@@ -47,6 +47,7 @@ from mmbench.metrics import (  # noqa: E402
 from mmbench.models import Outputs, build_av_model  # noqa: E402
 from mmbench.registry import DATASETS, METHODS  # noqa: E402
 from mmbench.results import RunPaths, config_columns, run_paths, write_json, write_run  # noqa: E402
+from mmbench.stats import shapley_two  # noqa: E402
 
 SELECTIONS = ("final", "best_val")
 
@@ -377,9 +378,32 @@ def _restore(state: dict[str, Any], model: nn.Module, method: Method,
 
 def _evaluate_selected(model: nn.Module, method: Method, dataset: Dataset, splits: Splits,
                        ctx: RunContext) -> Evaluation:
-    """Post-hoc calibration on validation (a no-op for most methods), then the test set."""
+    """Post-hoc calibration on validation (a no-op for most methods), then the test set, then the
+    test set with modalities removed (for the Shapley contributions)."""
     method.calibrate(model, splits.val, ctx)
-    return evaluate(model, method, dataset, splits.test, ctx)
+    evaluation = evaluate(model, method, dataset, splits.test, ctx)
+    evaluation.metrics.update(modality_ablation(model, method, dataset, splits.test, ctx,
+                                                evaluation.metrics["acc"]))
+    return evaluation
+
+
+def modality_ablation(model: nn.Module, method: Method, dataset: Dataset, split: Split, ctx: RunContext,
+                      acc_both: float) -> dict[str, float]:
+    """Accuracy of the fused prediction with audio, visual or both inputs replaced by zeros after
+    normalisation, i.e. by the mean input (STATS.md §5.1(3), mean-input ablation), and the
+    two-player Shapley contributions of the modalities (§5.3)."""
+    y = split.y.numpy()
+    accs = {}
+    for name, drop_audio, drop_visual in (("a", True, False), ("v", False, True), ("av", True, True)):
+        def masked(batch: Batch, drop_audio: bool = drop_audio, drop_visual: bool = drop_visual) -> Outputs:
+            audio = torch.zeros_like(batch.audio) if drop_audio else batch.audio
+            visual = torch.zeros_like(batch.visual) if drop_visual else batch.visual
+            return method.predict(model, Batch(audio, visual, batch.y, batch.index), ctx)
+        logits = infer(model, split, dataset, ctx, masked)["logits"].numpy()
+        accs[name] = float((logits.argmax(1) == y).mean())
+    shapley = shapley_two(v_av=acc_both, v_a=accs["v"], v_v=accs["a"], v_none=accs["av"])
+    return {"acc_mask_a": accs["a"], "acc_mask_v": accs["v"], "acc_mask_av": accs["av"],
+            "shapley_a": shapley.phi_a, "shapley_v": shapley.phi_v, "imbalance_degree": shapley.imbalance}
 
 
 def _run_row(cfg: RunConfig, dataset: Dataset, splits: Splits, evaluations: dict[str, Evaluation],

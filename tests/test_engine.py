@@ -277,3 +277,16 @@ def test_default_thread_count_does_not_depend_on_earlier_runs():
     assert engine.configure_determinism(tiny_config(num_threads=1)) == 1
     assert engine.configure_determinism(tiny_config(num_threads=0)) == engine.DEFAULT_THREADS
     assert torch.get_num_threads() == engine.DEFAULT_THREADS
+
+
+def test_modality_ablation_gives_shapley_contributions(out):
+    """Masked-input accuracies and Shapley values are stored per selection; phi_a + phi_v equals
+    acc - acc with both removed (efficiency), and audio, the fast modality, contributes more."""
+    row = engine.run(tiny_config("joint", epochs=3), out)
+    for selection in ("final", "best_val"):
+        phi_a, phi_v = row[f"{selection}_shapley_a"], row[f"{selection}_shapley_v"]
+        assert phi_a + phi_v == pytest.approx(row[f"{selection}_acc"] - row[f"{selection}_acc_mask_av"])
+        assert phi_a == pytest.approx(0.5 * ((row[f"{selection}_acc_mask_v"] - row[f"{selection}_acc_mask_av"])
+                                             + (row[f"{selection}_acc"] - row[f"{selection}_acc_mask_a"])))
+        assert phi_a > phi_v
+        assert 0 <= row[f"{selection}_imbalance_degree"] <= 1
