@@ -132,8 +132,11 @@ def build_report(runs: pd.DataFrame, epochs: pd.DataFrame, options: ReportOption
     notes: list[str] = []
     main = main_table(runs, options, notes)
     across, friedman = across_datasets(main, runs, options, notes)
-    return Report(options, runs, epochs, main, imbalance_table(runs, options), protocol_table(runs, options),
-                  across, friedman, notes)
+    order = {m: i for i, m in enumerate(_methods_in_order(runs, options.baseline))}
+    imbalance, protocol = (
+        table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
+        .reset_index(drop=True) for table in (imbalance_table(runs, options), protocol_table(runs, options)))
+    return Report(options, runs, epochs, main, imbalance, protocol, across, friedman, notes)
 
 
 def _methods_in_order(runs: pd.DataFrame, baseline: str) -> list[str]:
