@@ -1,7 +1,8 @@
-"""The `mmbench` command line: `list`, `run`, `prepare`, `fixtures`, `report`."""
+"""The `mmbench` command line: `list`, `run`, `sweep`, `prepare`, `fixtures`, `report`."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -189,6 +190,99 @@ def _execute(configs: list[RunConfig], out: Path) -> list[tuple[RunConfig, str]]
                       f"(best-val epoch {row['best_val_epoch']}), final {row['final_acc']:.4f}, "
                       f"{row['wall_s']:.0f}s -> {paths.row}", markup=False)
     return failures
+
+
+@app.command("sweep")
+def sweep_command(
+    sweep_file: Annotated[Path, typer.Argument(help="YAML: methods, datasets, seeds, optional profile, set, grid.")],
+    out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
+    jobs: Annotated[int | None, typer.Option(help="Runs at a time on a machine without GPUs [default: 1].")] = None,
+    gpus: Annotated[str | None, typer.Option(help="GPU ids to use, e.g. 0,1 [default: every visible GPU].")] = None,
+    runs_per_gpu: Annotated[int, typer.Option(help="Runs packed onto each GPU.")] = 1,
+    retries: Annotated[int, typer.Option(help="Times a failed run is started again.")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and which are done; run nothing.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="key=value for every run (repeatable).")
+                    ] = None,
+    plugin: PluginOpt = None,
+) -> None:
+    """Run a grid of methods x datasets x hyperparameters x seeds, each run in its own process."""
+    from mmbench.scheduler.local import LocalScheduler, Slots
+
+    try:
+        load_plugins(plugin)
+        sweep = config_mod.SweepConfig.load(sweep_file, config_mod.parse_sets(set_))
+        configs = sweep.expand()
+        if jobs is not None and jobs < 1 or runs_per_gpu < 1 or retries < 0:
+            raise ConfigError("--jobs and --runs-per-gpu must be at least 1, --retries at least 0")
+        gpu_ids = _gpu_ids(gpus)
+        if gpu_ids and jobs is not None:
+            raise ConfigError("--jobs is for machines without GPUs; with GPUs use --runs-per-gpu")
+        for cfg in {c.dataset: c for c in configs}.values():
+            _check_data(cfg)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    from mmbench.results import is_done, run_paths
+
+    done = [is_done(run_paths(out, cfg)) for cfg in configs]
+    console.print(f"{len(configs)} runs, {sum(done)} already done ({sweep_file})", markup=False)
+    if dry_run:
+        table = Table(title_justify="left")
+        for column in ("dataset", "method", "seed", "settings", "run_id", "status"):
+            table.add_column(column)
+        for cfg, finished in zip(configs, done, strict=True):
+            axes = {**sweep.grid.get("*", {}), **sweep.grid.get(cfg.method, {})}
+            grid = {k: cfg.hparams.get(k, getattr(cfg, k, cfg.data.get(k))) for k in axes}
+            table.add_row(cfg.dataset, cfg.method, str(cfg.seed), escape(json.dumps(grid) if grid else "-"),
+                          cfg.run_id, "done" if finished else "to run")
+        console.print(table)
+        return
+    slots = Slots.plan(jobs, gpu_ids, runs_per_gpu)
+    where = (f"GPUs {','.join(gpu_ids)} x {runs_per_gpu}" if gpu_ids
+             else f"{len(slots.devices)} CPU job(s) x {slots.threads} thread(s)")
+    console.print(f"running on {where}; logs in {out / 'logs'}", markup=False)
+    scheduler = LocalScheduler(out, slots, retries=retries, plugins=plugin,
+                               on_event=lambda message: console.print(message, markup=False))
+    summary = scheduler.run(configs, on_tick=_sweep_ticker(len(configs)))
+    console.print(f"sweep: {summary.done} run, {summary.skipped} already done, {len(summary.failed)} failed"
+                  + (", interrupted" if summary.interrupted else ""), markup=False)
+    for cfg, reason, log in summary.failed:
+        err.print(f"  failed: {cfg.method} {cfg.dataset} seed {cfg.seed}: {reason}; log: {log}")
+    if summary.interrupted:
+        err.print("interrupted: finished runs are kept; run the same command again to continue")
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _gpu_ids(text: str | None) -> list[str]:
+    if text is not None:
+        ids = [g.strip() for g in text.split(",") if g.strip()]
+        if not ids or not all(g.isdigit() for g in ids):
+            raise ConfigError(f"--gpus {text!r}: expected GPU ids like 0,1")
+        return ids
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def _sweep_ticker(total: int) -> Any:
+    """A one-line status (done/running/failed, ETA) every 30 s when not on a terminal."""
+    last = [0.0]
+
+    def tick(summary: Any, running: list) -> None:
+        import time
+
+        if time.time() - last[0] < 30:
+            return
+        last[0] = time.time()
+        finished = summary.done + len(summary.failed)
+        left = total - summary.skipped - finished
+        eta = ""
+        if summary.durations and running:
+            eta = f", ETA {sum(summary.durations) / len(summary.durations) * left / len(running) / 60:.1f} min"
+        console.print(f"sweep: {summary.done + summary.skipped}/{total} done, {len(running)} running, "
+                      f"{len(summary.failed)} failed{eta}", markup=False)
+    return tick
 
 
 @app.command("prepare")

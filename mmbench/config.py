@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import re
 import typing
@@ -294,3 +295,76 @@ def parse_seeds(text: str | list | int) -> list[int]:
 
 def normalized_names(text: str) -> list[str]:
     return [normalize(n) for n in text.split(",") if n.strip()]
+
+
+SWEEP_KEYS = ("methods", "datasets", "seeds", "profile", "set", "grid")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of runs: methods x datasets x per-method hyperparameter grids x seeds.
+
+        methods: [joint, ogm-ge]
+        datasets: [synthetic]
+        seeds: [0, 1, 2]            # or "0-4"
+        profile: benchmark          # optional
+        set: {epochs: 20}           # optional, overrides for every run
+        grid: {ogm-ge: {alpha: [0.1, 0.5, 0.8]}, "*": {lr: [0.01, 0.02]}}   # optional
+    """
+
+    methods: tuple[str, ...]
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    profile: str = "benchmark"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path, sets: dict[str, Any] | None = None) -> SweepConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"sweep file {path}: no such file")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"sweep file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"sweep file {path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+        for key in data:
+            if key not in SWEEP_KEYS:
+                close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)
+                raise ConfigError(f"sweep file {path}: unknown key {key!r}"
+                                  + (f"; did you mean {close[0]}?" if close else f"; keys: {', '.join(SWEEP_KEYS)}"))
+        for key in ("methods", "datasets"):
+            if not data.get(key):
+                raise ConfigError(f"sweep file {path}: `{key}` must list at least one name")
+        names = {key: [data[key]] if isinstance(data[key], str) else list(data[key]) for key in ("methods", "datasets")}
+        grid = data.get("grid") or {}
+        if not isinstance(grid, dict) or not all(isinstance(v, dict) for v in grid.values()):
+            raise ConfigError(f"sweep file {path}: `grid` maps a method name (or \"*\") to {{key: [values]}}")
+        for method, axes in grid.items():
+            if method != "*" and normalize(method) not in [normalize(m) for m in names["methods"]]:
+                raise ConfigError(f"sweep file {path}: grid for {method!r}, which is not in `methods`")
+            for key, values in axes.items():
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"sweep file {path}: grid {method}.{key} must be a non-empty list")
+        overrides = dict(data.get("set") or {})
+        overrides.update(sets or {})
+        return cls(tuple(normalize(m) for m in names["methods"]), tuple(normalize(d) for d in names["datasets"]),
+                   tuple(parse_seeds(data.get("seeds", "0,1,2"))), str(data.get("profile", "benchmark")),
+                   overrides, {normalize(k) if k != "*" else k: v for k, v in grid.items()})
+
+    def expand(self) -> list[RunConfig]:
+        """Every run, resolved and validated (a bad key fails here, before anything starts)."""
+        configs: list[RunConfig] = []
+        for dataset in self.datasets:
+            for method in self.methods:
+                axes = {**self.grid.get("*", {}), **self.grid.get(method, {})}
+                for values in itertools.product(*axes.values()):
+                    combo = dict(zip(axes, values, strict=True))
+                    configs += expand([method], dataset, list(self.seeds), self.profile,
+                                      {**self.overrides, **combo})
+        seen: dict[str, RunConfig] = {}
+        for cfg in configs:
+            seen.setdefault(cfg.run_id, cfg)  # identical grid points are one run
+        return list(seen.values())

@@ -1,0 +1,195 @@
+"""`mmbench sweep` with the local backend: expansion, GPU assignment and packing (fake GPUs),
+crash isolation, retries, resume after the scheduler is killed, Ctrl-C, and the run lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mmbench.cli import app
+from mmbench.config import ConfigError, SweepConfig
+from mmbench.results import read_runs
+
+from .conftest import TINY
+
+runner = CliRunner()
+SMALL = {k: v for k, v in TINY.items() if k != "num_threads"}
+
+
+def sweep_file(tmp_path: Path, **content) -> Path:
+    data = {"methods": ["joint"], "datasets": ["synthetic"], "seeds": [0, 1], "set": dict(SMALL), **content}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def mmbench(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from mmbench.cli import main; main()", *args]
+
+
+def worker_spans(out: Path) -> list[tuple[str, float, float]]:
+    """(CUDA_VISIBLE_DEVICES, start, end) of every finished worker, from the logs."""
+    spans = []
+    for log in (out / "logs").glob("*.log"):
+        text = log.read_text()
+        for start, device, end in re.findall(r"worker start ([\d.]+) .*?CUDA_VISIBLE_DEVICES=(\S*).*?"
+                                             r"worker end ([\d.]+)", text, re.S):
+            spans.append((device, float(start), float(end)))
+    return spans
+
+
+def test_sweep_file_expands_the_grid_and_validates(tmp_path):
+    path = sweep_file(tmp_path, methods=["joint", "ogm-ge"], grid={"ogm-ge": {"alpha": [0.1, 0.5, 0.8]}})
+    configs = SweepConfig.load(path).expand()
+    assert len(configs) == 2 + 3 * 2
+    assert sorted(c.hparams["alpha"] for c in configs if c.method == "ogm-ge") == [0.1, 0.1, 0.5, 0.5, 0.8, 0.8]
+    assert all(c.epochs == SMALL["epochs"] for c in configs)
+    (tmp_path / "bad.yaml").write_text("methods: [joint]\ndatasets: [synthetic]\nseed: [0]\n")
+    with pytest.raises(ConfigError, match="did you mean seeds"):
+        SweepConfig.load(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="not in `methods`"):
+        SweepConfig.load(sweep_file(tmp_path, grid={"opm": {"q_base": [0.1]}}))
+    with pytest.raises(ConfigError, match="alpah"):
+        SweepConfig.load(sweep_file(tmp_path, methods=["ogm-ge"], grid={"ogm-ge": {"alpah": [0.1]}})).expand()
+
+
+def test_dry_run_lists_runs_and_what_is_done(tmp_path):
+    path = sweep_file(tmp_path)
+    out = tmp_path / "results"
+    first = runner.invoke(app, ["sweep", str(path), "--out", str(out), "--dry-run"])
+    assert first.exit_code == 0 and "2 runs, 0 already done" in first.output and "to run" in first.output
+    assert not out.exists() or not list(out.rglob("*.parquet"))
+
+
+@pytest.mark.slow
+def test_fake_gpus_get_their_runs_packed_and_isolated(tmp_path):
+    path = sweep_file(tmp_path, seeds=[0, 1, 2, 3])
+    out = tmp_path / "results"
+    done = subprocess.run(mmbench("sweep", str(path), "--out", str(out), "--gpus", "3,5", "--runs-per-gpu", "2"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    spans = worker_spans(out)
+    assert len(spans) == 4 and {device for device, _, _ in spans} == {"3", "5"}
+    for gpu in ("3", "5"):
+        mine = [(s, e) for d, s, e in spans if d == gpu]
+        peak = max(sum(1 for s2, e2 in mine if s2 <= s < e2) for s, _ in mine)
+        assert 1 <= peak <= 2
+    assert len(read_runs(out)) == 4
+
+
+CRASHY = textwrap.dedent('''
+    import os, signal
+    from pathlib import Path
+    from mmbench.method import Method
+    from mmbench.registry import register_method
+
+    @register_method
+    class Crashy(Method):
+        name = "crashy"
+        description = "joint training that segfaults on seed 1, and fails once on seed 2"
+
+        def on_epoch_start(self, model, ctx):
+            if ctx.cfg.seed == 1:
+                os.kill(os.getpid(), signal.SIGSEGV)
+            marker = Path(os.environ["CRASHY_MARKER"])
+            if ctx.cfg.seed == 2 and not marker.exists():
+                marker.write_text("failed once")
+                raise RuntimeError("first attempt fails")
+''')
+
+
+@pytest.mark.slow
+def test_a_crashing_run_stops_nothing_else_and_retries_are_counted(tmp_path):
+    plugin = tmp_path / "crashy.py"
+    plugin.write_text(CRASHY)
+    path = sweep_file(tmp_path, methods=["crashy"], seeds=[0, 1, 2])
+    out = tmp_path / "results"
+    env = {**os.environ, "CRASHY_MARKER": str(tmp_path / "marker")}
+    done = subprocess.run(mmbench("sweep", str(path), "--out", str(out), "--jobs", "2", "--retries", "1",
+                                  "--plugin", str(plugin)), capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 1
+    assert sorted(read_runs(out)["seed"]) == [0, 2]  # seed 2 succeeded on its retry
+    failed = json.loads(next(out.rglob("*.failed.json")).read_text())
+    assert "SIGSEGV" in failed["worker"] and failed["attempts"] == 2 and Path(failed["log"]).exists()
+    assert "failed: crashy synthetic seed 1" in done.stderr and "SIGSEGV" in done.stderr
+    assert "retrying crashy synthetic seed 2" in done.stdout
+
+
+def _wait_for(predicate, timeout=300.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def _finished(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*.parquet") if p.name.count(".") == 1]
+
+
+@pytest.mark.slow
+def test_resume_after_the_scheduler_is_killed(tmp_path):
+    path = sweep_file(tmp_path, seeds=[0, 1, 2], set={**SMALL, "epochs": 4})
+    out = tmp_path / "results"
+    sweep = subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--jobs", "1"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: len(_finished(out)) >= 1)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    first = {p.name: p.stat().st_mtime_ns for p in _finished(out)}
+    _wait_for(lambda: not any(_running_workers(out)), timeout=30)  # workers die with their scheduler
+    again = subprocess.run(mmbench("sweep", str(path), "--out", str(out), "--jobs", "1"),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(_finished(out)) == 3
+    assert all((next(out.rglob(name))).stat().st_mtime_ns == mtime for name, mtime in first.items())
+    assert f"{len(first)} already done" in again.stdout
+
+
+def _running_workers(out: Path) -> list[str]:
+    listing = subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "mmbench.scheduler.worker" in line and str(out) in line]
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_workers_and_keeps_finished_runs(tmp_path):
+    path = sweep_file(tmp_path, seeds=[0, 1, 2], set={**SMALL, "epochs": 6})
+    out = tmp_path / "results"
+    sweep = subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--jobs", "1"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: len(_finished(out)) >= 1 and _running_workers(out))
+    sweep.send_signal(signal.SIGINT)
+    stdout, stderr = sweep.communicate(timeout=60)
+    assert sweep.returncode == 130, stdout + stderr
+    assert "run the same command again" in stderr
+    assert not _running_workers(out)
+    kept = len(_finished(out))
+    assert 1 <= kept < 3
+    again = subprocess.run(mmbench("sweep", str(path), "--out", str(out), "--jobs", "1"),
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and len(_finished(out)) == 3
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_folder_run_each_run_once(tmp_path):
+    path = sweep_file(tmp_path, seeds=[0, 1, 2])
+    out = tmp_path / "results"
+    sweeps = [subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--jobs", "1"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for sweep in sweeps:
+        sweep.communicate(timeout=600)
+        assert sweep.returncode == 0
+    trainings = sum(log.read_text().count("worker end") for log in (out / "logs").glob("*.log"))
+    assert trainings == 3 and len(_finished(out)) == 3
