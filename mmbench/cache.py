@@ -34,7 +34,7 @@ import torch
 from mmbench import media
 from mmbench.data import Batch, DataError
 
-SHARD_SIZE = 128
+SHARD_SIZE = 32  # small enough to balance a few workers and to lose little on an interrupt
 FEATURE_SUFFIXES = (".pt", ".npy", ".pkl")
 CACHE_VERSION = 1
 
