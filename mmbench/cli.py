@@ -347,7 +347,11 @@ def _prepare(cls: Any, params: dict[str, Any], jobs: int, strict: bool) -> None:
                       f"({len(scan.clips) / max(seconds, 1e-9):.1f} clips/s) -> {target} "
                       f"({manifest['bytes'] / 2**20:.1f} MiB)", markup=False)
     _print_bad_clips(target, manifest)
-    console.print(f"next: mmbench run --method joint --dataset {cls.name} --data-root {root}", markup=False)
+    # The run must ask for the same preprocessing (it is part of the run's config) and cache.
+    settings = "".join(f" --set {k}={params[k]}" for k in cls.prepare_params(params) if params[k] != cls.params[k])
+    cache_opt = f" --set cache={params['cache']}" if params.get("cache") else ""
+    console.print(f"next: mmbench run --method joint --dataset {cls.name} --data-root {root}{cache_opt}{settings}",
+                  markup=False)
 
 
 def _print_bad_clips(target: Path, manifest: dict[str, Any]) -> None:

@@ -105,6 +105,9 @@ def test_second_prepare_is_a_no_op(tmp_path, cremad_raw):
     # Other preprocessing settings make another cache next to it.
     other = prepare("cremad", cremad_raw, tmp_path / "cache", "--set", "audio_frontend=fbank")
     assert other.exit_code == 0 and "prepared 24 clips" in other.output
+    suggested = " ".join(other.output.split())
+    assert f"--dataset cremad --data-root {cremad_raw} --set cache={tmp_path / 'cache'}" in suggested
+    assert "--set audio_frontend=fbank --set cache_image_size=32" in suggested
     assert len(list((tmp_path / "cache" / "cremad").iterdir())) == 2
 
 
