@@ -158,18 +158,24 @@ def parse_sets(pairs: list[str] | None) -> dict[str, str]:
     return parsed
 
 
-def load_yaml(path: str | Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping; `what` names it in errors (e.g. "--config x.yaml")."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
+        raise ConfigError(f"{what}: no such file")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{what}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of keys to values at the top level")
+        raise ConfigError(f"{what}: expected a mapping of keys to values at the top level")
+    return loaded
+
+
+def load_yaml(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    loaded = read_mapping(path, f"--config {path}")
     # Nested `hparams:` / `data:` sections are the same keys as flat ones.
     flat = {k: v for k, v in loaded.items() if k not in ("hparams", "data")}
     for section in ("hparams", "data"):
@@ -321,15 +327,7 @@ class SweepConfig:
 
     @classmethod
     def load(cls, path: str | Path, sets: dict[str, Any] | None = None) -> SweepConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"sweep file {path}: no such file")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"sweep file {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"sweep file {path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+        data = read_mapping(path, f"sweep file {path}")
         for key in data:
             if key not in SWEEP_KEYS:
                 close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)

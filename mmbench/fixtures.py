@@ -26,15 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-CREMAD_EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # OGM-GE order (stat.csv line order)
-KS_CLASSES: tuple[str, ...] = (
-    "blowing nose", "blowing out candles", "bowling", "chopping wood", "dribbling basketball", "laughing",
-    "mowing lawn", "playing accordion", "playing bagpipes", "playing bass guitar", "playing clarinet",
-    "playing drums", "playing guitar", "playing harmonica", "playing keyboard", "playing organ", "playing piano",
-    "playing saxophone", "playing trombone", "playing trumpet", "playing violin", "playing xylophone",
-    "ripping paper", "shoveling snow", "shuffling cards", "singing", "stomping grapes", "tap dancing",
-    "tapping guitar", "tapping pen", "tickling",
-)
+from mmbench.datasets.cremad import OGM_ORDER as CREMAD_EMOTIONS  # stat.csv line order
+from mmbench.datasets.kinetics_sounds import KS_CLASSES  # alphabetical = OGM-GE ids
+
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "cremad": ("raw", "ogm-ge", "balancebench"),
     "kinetics-sounds": ("ogm-ge", "balancebench", "amss", "raw"),
