@@ -299,11 +299,10 @@ def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bo
             _write_bad(target, bad + decoded_bad)
             raise DataError(f"{target}: no clip could be decoded; the reasons are in {target / 'bad_clips.csv'}")
     audio_shape = shapes.most_common(1)[0][0]
-    keep = sorted(frame_counts)
-    audio = np.lib.format.open_memmap(target / ".audio.npy", "w+", np.float16, (len(keep), *audio_shape))
+    audio = np.lib.format.open_memmap(target / ".audio.npy", "w+", np.float16, (len(frame_counts), *audio_shape))
     frames = np.lib.format.open_memmap(target / ".frames.npy", "w+", np.uint8,
                                        (sum(frame_counts.values()), 3, size, size))
-    rows, frame_at, row_of = [], 0, {}
+    rows, frame_at = [], 0
     for k in range(n_shards):
         for index, result in sorted(_load_shard(work, k).items()):
             if isinstance(result, BadClip):
@@ -314,7 +313,6 @@ def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bo
                 bad.append(BadClip(src.clip, "shape", str(src.audio), f"{src.audio}: audio features have shape "
                                    f"{result[0].shape}, the other clips {audio_shape}"))
                 continue
-            row_of[index] = len(rows)
             audio[len(rows)] = result[0]
             count = len(result[1])
             frames[frame_at:frame_at + count] = result[1]

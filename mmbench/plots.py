@@ -34,7 +34,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
-from scipy import stats  # noqa: E402
+
+from mmbench.stats import imbalance_degree, summarize  # noqa: E402
 
 DPI = 150
 DEFAULT_BASELINE = "joint"
@@ -135,15 +136,10 @@ def _numeric(values: pd.Series) -> np.ndarray:
 def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean and two-sided t-interval of the finite values (STATS.md §2: t, not bootstrap, at
     n = 3-5); the interval collapses to the mean for a single value."""
-    x = np.asarray(values, float)
-    x = x[np.isfinite(x)]
-    if len(x) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
+    summary = summarize(np.asarray(values, float), confidence)
+    if summary.n < 2:
+        return summary.mean, summary.mean, summary.mean
+    return summary.mean, summary.ci_low, summary.ci_high
 
 
 def _seeds_text(counts: list[int]) -> str:
@@ -508,8 +504,7 @@ def imbalance_plot(runs: pd.DataFrame, dataset: str, path: str | Path, selection
                 ax2.bar(x, phi_a, 0.6, color=AUDIO_COLOUR, zorder=2)
                 ax2.bar(x, phi_v, 0.6, bottom=phi_a if phi_a >= 0 and phi_v >= 0 else 0.0, color=VISUAL_COLOUR,
                         zorder=2)
-                total = abs(phi_a) + abs(phi_v)
-                degree = abs(phi_a - phi_v) / total if total > 0 else math.nan
+                degree = imbalance_degree(phi_a, phi_v)
                 height = max(phi_a + max(phi_v, 0.0), phi_a, 0.0)
                 top = max(top, height)
                 ax2.annotate(f"I = {degree:.2f}", (x, height), xytext=(0, 3), textcoords="offset points",

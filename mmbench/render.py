@@ -10,8 +10,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 from mmbench.report import Report
 
 FORMATS = ("terminal", "md", "tex", "html")
@@ -235,6 +233,3 @@ def rich_tables(report: Report) -> list:
         out.append(rich_table)
     return out
 
-
-def to_frame(table: TextTable) -> pd.DataFrame:
-    return pd.DataFrame(table.rows, columns=table.headers)

@@ -174,17 +174,25 @@ def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> 
     return table
 
 
+def _paired_values(cell: pd.DataFrame, base: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Values matched by pair_key when both sides say their seeds share random streams (and at
+    least 2 pairs exist); None means the comparison must be unpaired."""
+    def pairable(frame: pd.DataFrame) -> bool:
+        return bool(frame.get("crn", pd.Series([False])).all() and frame["pair_key"].notna().all())
+
+    if not (pairable(cell) and pairable(base)):
+        return None
+    joined = cell.merge(base, on="pair_key", suffixes=("", "_base"))
+    if len(joined) < 2:
+        return None
+    return joined[column].to_numpy(float), joined[f"{column}_base"].to_numpy(float)
+
+
 def _comparison(cell: pd.DataFrame, base: pd.DataFrame, options: ReportOptions) -> dict[str, Any]:
     """Paired by seed when both sides say their seeds share random streams, else Welch."""
-    paired = bool(cell.get("crn", pd.Series([False])).all() and base.get("crn", pd.Series([False])).all()
-                  and cell["pair_key"].notna().all() and base["pair_key"].notna().all())
-    if paired:
-        joined = cell.merge(base, on="pair_key", suffixes=("", "_base"))
-        paired = len(joined) >= 2
-    if paired:
-        a, b = joined[options.column].to_numpy(float), joined[f"{options.column}_base"].to_numpy(float)
-    else:
-        a, b = cell[options.column].to_numpy(float), base[options.column].to_numpy(float)
+    matched = _paired_values(cell, base, options.column)
+    paired = matched is not None
+    a, b = matched if paired else (cell[options.column].to_numpy(float), base[options.column].to_numpy(float))
     result = stats.compare(a, b, paired=paired, rope=options.rope)
     narrow = stats.compare(a, b, paired=paired, rope=options.rope, confidence=0.90)
     equivalent = (math.isfinite(narrow.ci_low) and -options.rope <= narrow.ci_low
@@ -225,14 +233,9 @@ def imbalance_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
                 summary = stats.summarize(cell[f"{prefix}{column}"].to_numpy(float))
                 row[name], row[f"{name}_ci"] = summary.mean, (summary.ci_high - summary.ci_low) / 2
         if {"shapley_a", "shapley_v"} <= row.keys():
-            row["imbalance_degree"] = _degree(row["shapley_a"], row["shapley_v"])
+            row["imbalance_degree"] = stats.imbalance_degree(row["shapley_a"], row["shapley_v"])
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["dataset"], kind="stable").reset_index(drop=True)
-
-
-def _degree(phi_a: float, phi_v: float) -> float:
-    total = abs(phi_a) + abs(phi_v)
-    return abs(phi_a - phi_v) / total if total > 0 else math.nan
 
 
 def protocol_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
@@ -288,9 +291,9 @@ def _paired_diffs(runs: pd.DataFrame, method: str, options: ReportOptions) -> li
     diffs = []
     for _dataset, group in runs.groupby("dataset"):
         cell, base = group[group["variant"] == method], group[group["variant"] == options.baseline]
-        joined = cell.merge(base, on="pair_key", suffixes=("", "_base"))
-        if len(joined) >= 2:
-            diffs.append((joined[options.column] - joined[f"{options.column}_base"]).to_numpy(float))
+        matched = _paired_values(cell, base, options.column)
+        if matched is not None:
+            diffs.append(matched[0] - matched[1])
     return diffs
 
 

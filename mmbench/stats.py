@@ -454,9 +454,13 @@ def shapley_two(v_av: float, v_a: float, v_v: float, v_none: float) -> Shapley:
     """
     phi_a = 0.5 * ((v_a - v_none) + (v_av - v_v))
     phi_v = 0.5 * ((v_v - v_none) + (v_av - v_a))
+    return Shapley(float(phi_a), float(phi_v), imbalance_degree(phi_a, phi_v))
+
+
+def imbalance_degree(phi_a: float, phi_v: float) -> float:
+    """I = |φ_a − φ_v| / (|φ_a| + |φ_v|) in [0, 1], 0 = balanced; NaN when both are 0 (STATS §5.3)."""
     total = abs(phi_a) + abs(phi_v)
-    imbalance = abs(phi_a - phi_v) / total if total > 0 else math.nan
-    return Shapley(float(phi_a), float(phi_v), float(imbalance))
+    return float(abs(phi_a - phi_v) / total) if total > 0 else math.nan
 
 
 # --- per-sample, one checkpoint each --------------------------------------------------------------
