@@ -38,6 +38,22 @@ PluginOpt = Annotated[list[str] | None, typer.Option(
     "--plugin", help="Python file that registers extra methods or datasets (repeatable).")]
 
 
+BackendOpt = Annotated[str, typer.Option(help="local (this machine), slurm (a job array) or ray (a Ray cluster).")]
+JobsOpt = Annotated[int | None, typer.Option(help="Runs at a time on a machine without GPUs [default: 1].")]
+GpusOpt = Annotated[str | None, typer.Option(help="GPU ids to use, e.g. 0,1 [default: every visible GPU].")]
+RunsPerGpuOpt = Annotated[int | None, typer.Option(help="Runs packed onto each GPU [default: 1].")]
+GpuMemOpt = Annotated[float | None, typer.Option(
+    help="GB of GPU memory one run needs: each GPU takes as many runs as fit (instead of --runs-per-gpu).")]
+RetriesOpt = Annotated[int, typer.Option(help="Times a failed run is started again.")]
+SlurmOpt = Annotated[list[str] | None, typer.Option(
+    "--slurm", help="SLURM setting KEY=VALUE (repeatable): partition, time_min, gpus_per_task, cpus_per_task, "
+    "mem_gb, array_parallelism; any other key goes to sbatch (account=..., qos=...).")]
+NoWaitOpt = Annotated[bool, typer.Option("--no-wait", help="SLURM: submit and return; run the same command "
+                                         "again later to collect.")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray: address of an existing cluster [default: start a local "
+                                                "one on 127.0.0.1].")]
+
+
 @app.command("list")
 def list_command(
     kind: Annotated[str, typer.Argument(help="methods, datasets, or all")] = "all",
@@ -105,9 +121,15 @@ def run_command(
         "--data-root", help="Folder of a dataset on disk (else MMBENCH_DATA or data.root); see `mmbench prepare`.")
     ] = None,
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
+    backend: BackendOpt = "local", jobs: JobsOpt = None, gpus: GpusOpt = None, runs_per_gpu: RunsPerGpuOpt = None,
+    gpu_mem: GpuMemOpt = None, retries: RetriesOpt = 0, slurm: SlurmOpt = None, no_wait: NoWaitOpt = False,
+    address: AddressOpt = None,
     plugin: PluginOpt = None,
 ) -> None:
-    """Train and evaluate METHOD on DATASET for each seed; finished runs are not recomputed."""
+    """Train and evaluate METHOD on DATASET for each seed; finished runs are not recomputed.
+
+    One run at a time runs in this process; several at a time (--jobs, several GPUs,
+    --backend slurm|ray) go through the same scheduler as `mmbench sweep`."""
     try:
         load_plugins(plugin)
         if data_root is not None and "root" not in DATASETS.get(dataset or "synthetic").params:
@@ -116,15 +138,26 @@ def run_command(
         extra = [f"root={data_root}"] if data_root is not None else []
         configs = _configs(method, dataset, seeds, epochs, profile, config, [*(set_ or []), *extra], device)
         _check_data(configs[0])
+        options = _scheduling(backend, jobs, gpus, runs_per_gpu, gpu_mem, retries, slurm, no_wait, address)
     except USER_ERRORS as exc:
         fail(str(exc))
-    failures = _execute(configs, out)
+    from mmbench.scheduler.backends import one_slot
+
+    if one_slot(options):
+        _execute(configs, out, retries)
+    else:
+        _schedule(configs, out, options, plugin)
     _print_summary(configs, out)
-    if failures:
-        err.print(f"{len(failures)} of {len(configs)} runs failed:")
-        for cfg, message in failures:
-            err.print(f"  {cfg.method} seed {cfg.seed}: {message}")
-        raise typer.Exit(1)
+
+
+def _scheduling(backend: str, jobs: int | None, gpus: str | None, runs_per_gpu: int | None, gpu_mem: float | None,
+                retries: int, slurm: list[str] | None, no_wait: bool, address: str | None) -> Any:
+    from mmbench.scheduler.backends import SchedulingOptions, parse_key_values
+
+    options = SchedulingOptions(backend, jobs, _gpu_ids(gpus), runs_per_gpu, gpu_mem, retries,
+                                parse_key_values(slurm, "--slurm"), not no_wait, address)
+    options.validate()
+    return options
 
 
 def _configs(method: str | None, dataset: str | None, seeds: str | None, epochs: int | None,
@@ -157,10 +190,12 @@ def _check_data(cfg: RunConfig) -> None:
         cls(cfg).locate()
 
 
-def _execute(configs: list[RunConfig], out: Path) -> list[tuple[RunConfig, str]]:
+def _execute(configs: list[RunConfig], out: Path, retries: int = 0) -> None:
+    """Runs one after another in this process, with a live view of each epoch."""
     from mmbench import engine
     from mmbench.progress import make_reporter
-    from mmbench.results import is_done, run_paths
+    from mmbench.results import run_paths
+    from mmbench.scheduler.worker import execute
 
     try:
         engine.select_device(configs[0].device)
@@ -169,54 +204,95 @@ def _execute(configs: list[RunConfig], out: Path) -> list[tuple[RunConfig, str]]
     failures = []
     for cfg in configs:
         paths = run_paths(out, cfg)
-        if is_done(paths):
+        for attempt in range(retries + 1):
+            reporter = make_reporter(console)
+            try:
+                outcome = execute(cfg, out, reporter)
+            except KeyboardInterrupt:
+                getattr(reporter, "close", lambda: None)()
+                err.print(f"interrupted: {cfg.method} seed {cfg.seed} resumes from its last finished "
+                          "epoch when you run the same command again")
+                raise typer.Exit(130) from None
+            getattr(reporter, "close", lambda: None)()
+            if outcome != "failed":
+                break
+            if attempt < retries:
+                err.print(f"retrying {cfg.method} seed {cfg.seed} (attempt {attempt + 2})")
+        if outcome == "done":
             console.print(f"{cfg.method} seed {cfg.seed}: already done ({paths.row})", markup=False)
-            continue
-        reporter = make_reporter(console)
-        try:
-            row = engine.run(cfg, out, reporter)
-        except engine.RunFailed as exc:
-            getattr(reporter, "close", lambda: None)()
-            err.print(f"[bold red]failed:[/] {cfg.method} seed {cfg.seed}: {exc} "
-                      f"(recorded in {paths.failed})", markup=True, highlight=False)
-            failures.append((cfg, str(exc)))
-            continue
-        except KeyboardInterrupt:
-            getattr(reporter, "close", lambda: None)()
-            err.print(f"interrupted: {cfg.method} seed {cfg.seed} resumes from its last finished "
-                      "epoch when you run the same command again")
-            raise typer.Exit(130) from None
-        console.print(f"{cfg.method} seed {cfg.seed}: test acc {row['best_val_acc']:.4f} "
-                      f"(best-val epoch {row['best_val_epoch']}), final {row['final_acc']:.4f}, "
-                      f"{row['wall_s']:.0f}s -> {paths.row}", markup=False)
-    return failures
+        elif outcome == "locked":
+            err.print(f"{cfg.method} seed {cfg.seed}: skipped, another mmbench is running it on {out}")
+        elif outcome == "failed":
+            err.print(f"[bold red]failed:[/] {cfg.method} seed {cfg.seed}: see {paths.failed}", markup=True,
+                      highlight=False)
+            failures.append(cfg)
+        else:
+            row = pd.read_parquet(paths.row).iloc[0]
+            console.print(f"{cfg.method} seed {cfg.seed}: test acc {row['best_val_acc']:.4f} "
+                          f"(best-val epoch {row['best_val_epoch']}), final {row['final_acc']:.4f}, "
+                          f"{row['wall_s']:.0f}s -> {paths.row}", markup=False)
+    if failures:
+        _print_summary(configs, out)
+        err.print(f"{len(failures)} of {len(configs)} runs failed: "
+                  + ", ".join(f"{c.method} seed {c.seed}" for c in failures))
+        raise typer.Exit(1)
+
+
+def _schedule(configs: list[RunConfig], out: Path, options: Any, plugins: list[str] | None) -> None:
+    """Hand the runs to a backend (local processes, SLURM, Ray), show progress, exit 1 on failures."""
+    from mmbench.scheduler.backends import make_backend
+    from mmbench.scheduler.display import SweepDisplay
+
+    display = SweepDisplay(console)
+    try:
+        backend, where = make_backend(options, out, plugins, display.event)
+    except (ConfigError, ImportError) as exc:
+        fail(str(exc))
+    console.print(f"running on {where}; one log per run in {out / 'logs'}", markup=False)
+    from mmbench.scheduler.slurm import SlurmError
+
+    try:
+        with display:
+            summary = backend.run(configs, on_tick=display.tick)
+    except SlurmError as exc:
+        fail(str(exc))
+    if summary.detached:
+        pending = summary.total - summary.done - summary.skipped - len(summary.failed)
+        console.print(f"{pending} runs are queued or running in SLURM, {summary.done + summary.skipped} done; run "
+                      "the same command again to wait for and collect them (finished runs are not submitted "
+                      "again)", markup=False)
+        if summary.interrupted:
+            raise typer.Exit(130)
+        return
+    console.print(f"sweep: {summary.done} runs finished now, {summary.skipped} were already done, "
+                  f"{len(summary.failed)} failed" + (", interrupted" if summary.interrupted else ""), markup=False)
+    for cfg, reason, log in summary.failed:
+        err.print(f"  failed: {cfg.method} {cfg.dataset} seed {cfg.seed}: {reason}; log: {log}")
+    if summary.interrupted:
+        err.print("interrupted: finished runs are kept; run the same command again to continue")
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command("sweep")
 def sweep_command(
     sweep_file: Annotated[Path, typer.Argument(help="YAML: methods, datasets, seeds, optional profile, set, grid.")],
     out: Annotated[Path, typer.Option(help="Results folder.")] = Path("results"),
-    jobs: Annotated[int | None, typer.Option(help="Runs at a time on a machine without GPUs [default: 1].")] = None,
-    gpus: Annotated[str | None, typer.Option(help="GPU ids to use, e.g. 0,1 [default: every visible GPU].")] = None,
-    runs_per_gpu: Annotated[int, typer.Option(help="Runs packed onto each GPU.")] = 1,
-    retries: Annotated[int, typer.Option(help="Times a failed run is started again.")] = 0,
+    backend: BackendOpt = "local", jobs: JobsOpt = None, gpus: GpusOpt = None, runs_per_gpu: RunsPerGpuOpt = None,
+    gpu_mem: GpuMemOpt = None, retries: RetriesOpt = 0, slurm: SlurmOpt = None, no_wait: NoWaitOpt = False,
+    address: AddressOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and which are done; run nothing.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="key=value for every run (repeatable).")
                     ] = None,
     plugin: PluginOpt = None,
 ) -> None:
     """Run a grid of methods x datasets x hyperparameters x seeds, each run in its own process."""
-    from mmbench.scheduler.local import LocalScheduler, Slots
-
     try:
         load_plugins(plugin)
         sweep = config_mod.SweepConfig.load(sweep_file, config_mod.parse_sets(set_))
         configs = sweep.expand()
-        if jobs is not None and jobs < 1 or runs_per_gpu < 1 or retries < 0:
-            raise ConfigError("--jobs and --runs-per-gpu must be at least 1, --retries at least 0")
-        gpu_ids = _gpu_ids(gpus)
-        if gpu_ids and jobs is not None:
-            raise ConfigError("--jobs is for machines without GPUs; with GPUs use --runs-per-gpu")
+        options = _scheduling(backend, jobs, gpus, runs_per_gpu, gpu_mem, retries, slurm, no_wait, address)
         for cfg in {c.dataset: c for c in configs}.values():
             _check_data(cfg)
     except USER_ERRORS as exc:
@@ -236,53 +312,16 @@ def sweep_command(
                           cfg.run_id, "done" if finished else "to run")
         console.print(table)
         return
-    slots = Slots.plan(jobs, gpu_ids, runs_per_gpu)
-    where = (f"GPUs {','.join(gpu_ids)} x {runs_per_gpu}" if gpu_ids
-             else f"{len(slots.devices)} CPU job(s) x {slots.threads} thread(s)")
-    console.print(f"running on {where}; logs in {out / 'logs'}", markup=False)
-    scheduler = LocalScheduler(out, slots, retries=retries, plugins=plugin,
-                               on_event=lambda message: console.print(message, markup=False))
-    summary = scheduler.run(configs, on_tick=_sweep_ticker(len(configs)))
-    console.print(f"sweep: {summary.done} run, {summary.skipped} already done, {len(summary.failed)} failed"
-                  + (", interrupted" if summary.interrupted else ""), markup=False)
-    for cfg, reason, log in summary.failed:
-        err.print(f"  failed: {cfg.method} {cfg.dataset} seed {cfg.seed}: {reason}; log: {log}")
-    if summary.interrupted:
-        err.print("interrupted: finished runs are kept; run the same command again to continue")
-        raise typer.Exit(130)
-    if summary.failed:
-        raise typer.Exit(1)
+    _schedule(configs, out, options, plugin)
 
 
-def _gpu_ids(text: str | None) -> list[str]:
-    if text is not None:
-        ids = [g.strip() for g in text.split(",") if g.strip()]
-        if not ids or not all(g.isdigit() for g in ids):
-            raise ConfigError(f"--gpus {text!r}: expected GPU ids like 0,1")
-        return ids
-    import torch
-
-    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-
-
-def _sweep_ticker(total: int) -> Any:
-    """A one-line status (done/running/failed, ETA) every 30 s when not on a terminal."""
-    last = [0.0]
-
-    def tick(summary: Any, running: list) -> None:
-        import time
-
-        if time.time() - last[0] < 30:
-            return
-        last[0] = time.time()
-        finished = summary.done + len(summary.failed)
-        left = total - summary.skipped - finished
-        eta = ""
-        if summary.durations and running:
-            eta = f", ETA {sum(summary.durations) / len(summary.durations) * left / len(running) / 60:.1f} min"
-        console.print(f"sweep: {summary.done + summary.skipped}/{total} done, {len(running)} running, "
-                      f"{len(summary.failed)} failed{eta}", markup=False)
-    return tick
+def _gpu_ids(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    ids = [g.strip() for g in text.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids):
+        raise ConfigError(f"--gpus {text!r}: expected GPU ids like 0,1")
+    return ids
 
 
 @app.command("prepare")

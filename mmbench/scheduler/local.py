@@ -11,21 +11,28 @@ the running workers (their last finished epoch is checkpointed) and keeps every 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmbench.config import RunConfig
-from mmbench.results import is_done, run_paths, write_json
-from mmbench.scheduler.worker import LOCKED_ELSEWHERE
+from mmbench.results import is_done, run_paths
+from mmbench.scheduler import Event, Running, SweepSummary, Tick, label
+from mmbench.scheduler.worker import (
+    LOCKED_ELSEWHERE,
+    PARENT_ENV,
+    describe_exit,
+    log_path,
+    record_failure,
+    worker_command,
+    write_spec,
+)
 
 
 @dataclass
@@ -39,17 +46,7 @@ class Task:
 
     @property
     def label(self) -> str:
-        return f"{self.cfg.method} {self.cfg.dataset} seed {self.cfg.seed} ({self.cfg.run_id})"
-
-
-@dataclass
-class SweepSummary:
-    total: int
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[RunConfig, str, Path]] = field(default_factory=list)
-    interrupted: bool = False
-    durations: list[float] = field(default_factory=list)
+        return label(self.cfg)
 
 
 @dataclass(frozen=True)
@@ -60,28 +57,40 @@ class Slots:
     threads: int
 
     @classmethod
-    def plan(cls, jobs: int | None, gpus: list[str] | None, runs_per_gpu: int) -> Slots:
+    def plan(cls, jobs: int | None, gpus: list[str] | None, runs_per_gpu: int | None = 1,
+             gpu_mem: float | None = None, gpu_total: dict[str, float] | None = None) -> Slots:
+        """GPUs take `runs_per_gpu` runs each, or as many runs of `gpu_mem` GB as fit in 95 % of
+        each GPU's memory (`gpu_total`, GB per id); without GPUs, `jobs` CPU slots share the cores."""
         if gpus:
-            return cls(tuple(g for g in gpus for _ in range(runs_per_gpu)), threads=0)
+            per_gpu = {g: runs_per_gpu or 1 for g in gpus}
+            if gpu_mem is not None:
+                per_gpu = {g: runs_fitting(gpu_total[g], gpu_mem) for g in gpus}
+            return cls(tuple(g for g in gpus for _ in range(per_gpu[g])), threads=0)
         jobs = jobs or 1
         return cls((None,) * jobs, threads=max(1, (os.cpu_count() or 1) // jobs))
 
 
-Event = Callable[[str], None]
+def runs_fitting(total_gb: float, gpu_mem: float) -> int:
+    """How many runs that each declare `gpu_mem` GB fit on a GPU of `total_gb` (5 % is left to the driver)."""
+    fitting = int(0.95 * total_gb // gpu_mem)
+    if fitting < 1:
+        raise ValueError(f"--gpu-mem {gpu_mem:g}: a run needs more than this GPU's {total_gb:.1f} GB")
+    return fitting
 
 
 class LocalScheduler:
     def __init__(self, out: Path, slots: Slots, retries: int = 0, plugins: list[str] | None = None,
                  on_event: Event | None = None, poll_s: float = 0.2) -> None:
         self.out, self.slots, self.retries = Path(out), slots, retries
-        self.plugins = [str(Path(p).resolve()) for p in plugins or []]
+        self.plugins = list(plugins or [])
         self.on_event = on_event or (lambda message: None)
         self.poll_s = poll_s
-        self.logs = self.out / "logs"
-        self.specs = self.out / ".specs"
 
-    def run(self, configs: list[RunConfig], on_tick: Callable[[SweepSummary, list[Task]], None] | None = None
-            ) -> SweepSummary:
+    def where(self, slot: int) -> str:
+        device = self.slots.devices[slot]
+        return f"GPU {device}" if device is not None else f"CPU slot {slot}"
+
+    def run(self, configs: list[RunConfig], on_tick: Tick | None = None) -> SweepSummary:
         summary = SweepSummary(total=len(configs))
         pending: deque[Task] = deque()
         for cfg in configs:
@@ -95,7 +104,7 @@ class LocalScheduler:
                 self._launch(pending, running)
                 self._reap(pending, running, summary)
                 if on_tick:
-                    on_tick(summary, list(running.values()))
+                    on_tick(summary, [Running(t.cfg, self.where(s), t.started) for s, t in running.items()])
                 time.sleep(self.poll_s)
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -120,26 +129,22 @@ class LocalScheduler:
 
     def _start(self, task: Task, slot: int) -> None:
         device = self.slots.devices[slot]
-        cfg = task.cfg if device is not None else dataclasses.replace(task.cfg, num_threads=self.slots.threads)
-        self.specs.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(parents=True, exist_ok=True)
-        spec = self.specs / f"{cfg.run_id}.json"
-        spec.write_text(json.dumps({"config": cfg.to_dict(), "plugins": self.plugins, "parent": os.getpid()}))
-        env = dict(os.environ)
-        env["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
+        cfg = task.cfg
+        if device is None and cfg.num_threads == 0:
+            cfg = dataclasses.replace(cfg, num_threads=self.slots.threads)
+        spec = write_spec(self.out, cfg, self.plugins)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device if device is not None else "", PARENT_ENV: str(os.getpid())}
         if device is None:
-            env["OMP_NUM_THREADS"] = str(self.slots.threads)
-        log = open(self.log_path(cfg), "a")
-        log.write(f"--- attempt {task.attempts + 1} on {'GPU ' + device if device is not None else 'CPU'}\n")
-        log.flush()
-        task.process = subprocess.Popen([sys.executable, "-m", "mmbench.scheduler.worker", str(spec), str(self.out)],
-                                        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
+            env["OMP_NUM_THREADS"] = str(cfg.num_threads)
+        log = log_path(self.out, cfg)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as handle:
+            handle.write(f"--- attempt {task.attempts + 1} on {self.where(slot)}\n")
+            handle.flush()
+            task.process = subprocess.Popen(worker_command(spec, self.out), stdout=handle, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True)
         task.slot, task.started = slot, time.time()
-        self.on_event(f"started {task.label} on {'GPU ' + device if device is not None else 'CPU'}")
-
-    def log_path(self, cfg: RunConfig) -> Path:
-        return self.logs / f"{cfg.dataset}-{cfg.method}-seed{cfg.seed}-{cfg.run_id}.log"
+        self.on_event(f"started {task.label} on {self.where(slot)}")
 
     def _reap(self, pending: deque[Task], running: dict[int, Task], summary: SweepSummary) -> None:
         for slot, task in list(running.items()):
@@ -156,53 +161,24 @@ class LocalScheduler:
                 pending.append(task)
             else:
                 task.attempts += 1
-                reason = _describe_exit(code)
+                reason = describe_exit(code)
                 if task.attempts <= self.retries:
                     self.on_event(f"retrying {task.label} after it {reason} (attempt {task.attempts + 1})")
                     pending.append(task)
                 else:
-                    self._record_failure(task, reason)
-                    summary.failed.append((task.cfg, reason, self.log_path(task.cfg)))
-                    self.on_event(f"failed {task.label}: {reason}; log {self.log_path(task.cfg)}")
-
-    def _record_failure(self, task: Task, reason: str) -> None:
-        paths = run_paths(self.out, task.cfg)
-        previous = {}
-        if paths.failed.exists():
-            previous = json.loads(paths.failed.read_text())
-        write_json(paths.failed, {**previous, "run_id": task.cfg.run_id, "worker": reason,
-                                  "attempts": task.attempts, "log": str(self.log_path(task.cfg)),
-                                  "config": previous.get("config", task.cfg.to_dict())})
+                    record_failure(self.out, task.cfg, reason, task.attempts)
+                    summary.failed.append((task.cfg, reason, log_path(self.out, task.cfg)))
+                    self.on_event(f"failed {task.label}: {reason}; log {log_path(self.out, task.cfg)}")
 
     def _stop(self, running: dict[int, Task]) -> None:
         for task in running.values():
-            with _ignore(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(task.process.pid, signal.SIGTERM)
         deadline = time.time() + 10
         for task in running.values():
             try:
                 task.process.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                with _ignore(ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(task.process.pid, signal.SIGKILL)
                 task.process.wait()
-
-
-class _ignore:
-    def __init__(self, *errors: type[BaseException]) -> None:
-        self.errors = errors
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, *rest: object) -> bool:
-        return kind is not None and issubclass(kind, self.errors)
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with status {code}"

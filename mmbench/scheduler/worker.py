@@ -3,8 +3,9 @@
     python -m mmbench.scheduler.worker SPEC.json RESULTS_DIR
 
 SPEC.json holds the resolved config (and plugin files). The worker takes the run's lock file,
-so two sweeps on one results folder never run the same run at once, and it dies with its
-scheduler (Linux), so a killed sweep leaves no orphans; its checkpoints make the run resumable.
+so two sweeps on one results folder never run the same run at once, and it dies with the
+process named by MMBENCH_PARENT_PID (Linux), so a killed sweep leaves no orphans; its
+checkpoints make the run resumable. The local, SLURM and Ray backends all start this module.
 """
 
 from __future__ import annotations
@@ -14,16 +15,65 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 LOCKED_ELSEWHERE = 75  # exit status: another sweep is running this run
+PARENT_ENV = "MMBENCH_PARENT_PID"
 
 
 def lock_path(out: Path, run_id: str) -> Path:
     return out / ".locks" / f"{run_id}.lock"
+
+
+def log_path(out: Path, cfg: Any) -> Path:
+    """One log per run, whichever backend ran it (attempts are appended)."""
+    return Path(out) / "logs" / f"{cfg.dataset}-{cfg.method}-seed{cfg.seed}-{cfg.run_id}.log"
+
+
+def write_spec(out: Path, cfg: Any, plugins: list[str]) -> Path:
+    """The file a worker is started with: the resolved config and the plugin files to import."""
+    spec = Path(out) / ".specs" / f"{cfg.run_id}.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps({"config": cfg.to_dict(), "plugins": [str(Path(p).resolve()) for p in plugins]}))
+    return spec
+
+
+def worker_command(spec: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "mmbench.scheduler.worker", str(spec), str(out)]
+
+
+def run_worker(spec: Path, out: Path, log: Path, env: dict[str, str] | None = None, header: str = "") -> int:
+    """Run one worker to its end (for backends whose task is itself a process: SLURM, Ray);
+    its output is appended to `log`. Returns the exit status (negative: killed by a signal)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **(env or {}), PARENT_ENV: str(os.getpid())}
+    with open(log, "a") as handle:
+        handle.write(f"--- {header or 'attempt'}\n")
+        handle.flush()
+        return subprocess.run(worker_command(spec, out), stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def record_failure(out: Path, cfg: Any, reason: str, attempts: int) -> None:
+    """Add the scheduler's view (how the worker ended, attempts, log) to `<run_id>.failed.json`."""
+    from mmbench.results import run_paths, write_json
+
+    paths = run_paths(out, cfg)
+    previous = json.loads(paths.failed.read_text()) if paths.failed.exists() else {}
+    write_json(paths.failed, {**previous, "run_id": cfg.run_id, "worker": reason, "attempts": attempts,
+                              "log": str(log_path(out, cfg)), "config": previous.get("config", cfg.to_dict())})
 
 
 def try_lock(path: Path) -> IO | None:
@@ -44,43 +94,53 @@ def _die_with_parent(parent: int) -> None:
             ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent:  # the scheduler died before prctl took effect
+    if os.getppid() != parent:  # the parent died before prctl took effect
         sys.exit(1)
+
+
+def execute(cfg: Any, out: Path, reporter: Any) -> str:
+    """Lock, skip if done, train. Returns "trained", "done" (already), "failed" (the engine
+    recorded why in `<run_id>.failed.json`) or "locked" (another sweep is running it)."""
+    from mmbench import engine
+    from mmbench.results import is_done, run_paths
+
+    lock = try_lock(lock_path(out, cfg.run_id))
+    if lock is None:
+        print(f"run {cfg.run_id} is being run by another sweep on {out}", flush=True)
+        return "locked"
+    with lock:
+        if is_done(run_paths(out, cfg)):
+            return "done"
+        try:
+            engine.run(cfg, out, reporter)
+        except engine.RunFailed as exc:
+            print(f"failed: {exc}", flush=True)
+            return "failed"
+    return "trained"
 
 
 def main(argv: list[str] | None = None) -> int:
     spec_file, out = (argv or sys.argv[1:])[:2]
+    if os.environ.get(PARENT_ENV):
+        _die_with_parent(int(os.environ[PARENT_ENV]))
     spec = json.loads(Path(spec_file).read_text())
-    if spec.get("parent"):
-        _die_with_parent(int(spec["parent"]))
-    out_dir = Path(out)
 
     from rich.console import Console
 
-    from mmbench import engine
     from mmbench.config import RunConfig
     from mmbench.progress import PlainReporter
     from mmbench.registry import load_plugins
-    from mmbench.results import is_done, run_paths
 
     load_plugins(spec.get("plugins") or None)
     cfg = RunConfig(**spec["config"])
-    lock = try_lock(lock_path(out_dir, cfg.run_id))
-    if lock is None:
-        print(f"run {cfg.run_id} is being run by another sweep on {out_dir}", flush=True)
-        return LOCKED_ELSEWHERE
     print(f"worker start {time.time():.3f} run {cfg.run_id} {cfg.method} seed {cfg.seed} pid {os.getpid()} "
           f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')} threads {cfg.num_threads}", flush=True)
-    if is_done(run_paths(out_dir, cfg)):
+    outcome = execute(cfg, Path(out), PlainReporter(Console(highlight=False, width=200)))
+    if outcome == "trained":
+        print(f"worker end {time.time():.3f}", flush=True)
+    elif outcome == "done":
         print("already done", flush=True)
-        return 0
-    try:
-        engine.run(cfg, out_dir, PlainReporter(Console(highlight=False, width=200)))
-    except engine.RunFailed as exc:
-        print(f"failed: {exc}", flush=True)
-        return 1
-    print(f"worker end {time.time():.3f}", flush=True)
-    return 0
+    return {"trained": 0, "done": 0, "failed": 1, "locked": LOCKED_ELSEWHERE}[outcome]
 
 
 if __name__ == "__main__":
