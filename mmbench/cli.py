@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -293,6 +294,9 @@ def sweep_command(
         sweep = config_mod.SweepConfig.load(sweep_file, config_mod.parse_sets(set_))
         configs = sweep.expand()
         options = _scheduling(backend, jobs, gpus, runs_per_gpu, gpu_mem, retries, slurm, no_wait, address)
+        if options.backend == "slurm":  # the file's settings, then the command line's
+            options = dataclasses.replace(options, slurm={**sweep.slurm, **options.slurm})
+            options.validate()
         for cfg in {c.dataset: c for c in configs}.values():
             _check_data(cfg)
     except USER_ERRORS as exc:

@@ -303,7 +303,7 @@ def normalized_names(text: str) -> list[str]:
     return [normalize(n) for n in text.split(",") if n.strip()]
 
 
-SWEEP_KEYS = ("methods", "datasets", "seeds", "profile", "set", "grid")
+SWEEP_KEYS = ("methods", "datasets", "seeds", "profile", "set", "grid", "slurm")
 
 
 @dataclass(frozen=True)
@@ -316,6 +316,7 @@ class SweepConfig:
         profile: benchmark          # optional
         set: {epochs: 20}           # optional, overrides for every run
         grid: {ogm-ge: {alpha: [0.1, 0.5, 0.8]}, "*": {lr: [0.01, 0.02]}}   # optional
+        slurm: {partition: gpu, time_min: 120}   # optional, used by --backend slurm (--slurm wins)
     """
 
     methods: tuple[str, ...]
@@ -324,6 +325,7 @@ class SweepConfig:
     profile: str = "benchmark"
     overrides: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, dict[str, list]] = field(default_factory=dict)
+    slurm: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path, sets: dict[str, Any] | None = None) -> SweepConfig:
@@ -348,9 +350,13 @@ class SweepConfig:
                     raise ConfigError(f"sweep file {path}: grid {method}.{key} must be a non-empty list")
         overrides = dict(data.get("set") or {})
         overrides.update(sets or {})
+        slurm = data.get("slurm") or {}
+        if not isinstance(slurm, dict):
+            raise ConfigError(f"sweep file {path}: `slurm` maps settings to values, e.g. {{partition: gpu}}")
         return cls(tuple(normalize(m) for m in names["methods"]), tuple(normalize(d) for d in names["datasets"]),
                    tuple(parse_seeds(data.get("seeds", "0,1,2"))), str(data.get("profile", "benchmark")),
-                   overrides, {normalize(k) if k != "*" else k: v for k, v in grid.items()})
+                   overrides, {normalize(k) if k != "*" else k: v for k, v in grid.items()},
+                   {str(k).replace("-", "_"): str(v) for k, v in slurm.items()})
 
     def expand(self) -> list[RunConfig]:
         """Every run, resolved and validated (a bad key fails here, before anything starts)."""

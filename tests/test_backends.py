@@ -103,6 +103,14 @@ def test_slurm_settings_become_sbatch_parameters():
         parse_key_values(["partition"], "--slurm")
 
 
+def test_a_sweep_file_carries_slurm_settings_that_the_command_line_overrides(tmp_path):
+    sweep = SweepConfig.load(write_sweep(tmp_path / "sweep.yaml", slurm={"partition": "gpu", "time-min": 30}))
+    assert sweep.slurm == {"partition": "gpu", "time_min": "30"}
+    assert slurm_options({**sweep.slurm, **parse_key_values(["time_min=90"], "--slurm")}).time_min == 90
+    with pytest.raises(ConfigError, match="`slurm` maps settings"):
+        SweepConfig.load(write_sweep(tmp_path / "sweep.yaml", slurm=["gpu"]))
+
+
 def test_cli_reports_scheduling_mistakes_in_one_line(tmp_path):
     path = write_sweep(tmp_path / "sweep.yaml")
     result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "r"), "--slurm", "partition=gpu"])
