@@ -1,4 +1,4 @@
-"""The `mmbench` command line: `list`, `run`, `sweep`, `prepare`, `fixtures`, `report`."""
+"""The `mmbench` command line: `list`, `run`, `sweep`, `prepare`, `fixtures`, `report`, `check`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -503,6 +504,138 @@ def report_command(
     console.print("wrote " + ", ".join(str(p) for p in written.values())
                   + (f" and {len(report.figures)} figures in {out / 'figures'}" if report.figures else ""),
                   markup=False)
+
+
+@app.command("check")
+def check_command(
+    baseline: Annotated[Path, typer.Option(help="Folder of the committed baseline (baseline.json).")
+                        ] = Path("results/baselines/ci"),
+    suite: Annotated[str, typer.Option(help="Which fixed configuration to run.")] = "ci",
+    seeds: Annotated[int, typer.Option(help="Seeds per method (0..N-1).")] = 5,
+    update: Annotated[bool, typer.Option("--update", help="Re-run --ref-seeds seeds per method and rewrite the "
+                                         "baseline, saying what changed.")] = False,
+    ref_seeds: Annotated[int, typer.Option(help="Seeds per method in a baseline written by --update.")] = 20,
+    methods: Annotated[str | None, typer.Option(help="Only these methods, e.g. joint,opm [default: every "
+                                                "registered method].")] = None,
+    out: Annotated[Path, typer.Option(help="Where the check's runs are kept (finished runs are read, "
+                                      "not re-run).")] = Path("results/check"),
+    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="key=value on top of the suite "
+                                                   "(e.g. to try a change); turns the exact path off.")] = None,
+    plugin: PluginOpt = None,
+) -> None:
+    """Run every method of a suite on a small fixed configuration and compare its accuracy with a
+    committed baseline; exits 1 when a method regressed (STATS.md §6)."""
+    from mmbench import check
+
+    try:
+        load_plugins(plugin)
+        if seeds < 1 or ref_seeds < 2:
+            raise ConfigError("--seeds must be at least 1 and --ref-seeds at least 2")
+        if update and set_:
+            raise ConfigError("--update records the suite's own settings; drop --set")
+        names = config_mod.normalized_names(methods) if methods else None
+        overrides = config_mod.parse_sets(set_)
+        base = None if update else check.load_baseline(baseline, suite)
+        configs = check.suite_configs(suite, list(range(ref_seeds if update else seeds)), names, overrides)
+    except USER_ERRORS as exc:
+        fail(str(exc))
+    env = check.environment(next(iter(configs.values()))[0].num_threads)
+    total = sum(len(c) for c in configs.values())
+    console.print(f"check: suite {suite}, {len(configs)} methods x {total // len(configs)} seeds; runs in {out}",
+                  markup=False)
+    counts = {"trained": 0, "done": 0}
+
+    def on_run(cfg: RunConfig, outcome: str) -> None:
+        counts[outcome] = counts.get(outcome, 0) + 1
+
+    started = time.time()
+    try:
+        results = check.run_suite(configs, out, on_run)
+    except RuntimeError as exc:
+        fail(str(exc), code=1)
+    console.print(f"{counts['trained']} runs trained, {counts['done']} read from {out} "
+                  f"({time.time() - started:.0f} s)", markup=False)
+    if update:
+        _write_baseline(check, baseline, suite, results, configs, env)
+        return
+    changes = check.environment_changes(base["environment"], env)
+    if changes:
+        console.print("environment differs from the baseline's (" + "; ".join(changes) + "): the exact-match "
+                      "path is off, every method goes through the statistical test", markup=False)
+    verdicts = check.compare(base, results, exact_allowed=not changes and not overrides)
+    _print_verdicts(verdicts, base)
+    regressed = [v.method for v in verdicts if v.failed]
+    if regressed:
+        err.print(f"[bold red]regression:[/] {', '.join(regressed)} fell below the baseline "
+                  "(one-sided test, Holm over the methods)", markup=True, highlight=False)
+        raise typer.Exit(1)
+
+
+def _write_baseline(check: Any, folder: Path, suite: str, results: dict, configs: dict, env: dict) -> None:
+    from mmbench.results import write_json
+
+    path = folder / check.BASELINE_FILE
+    try:
+        old = check.load_baseline(folder, suite)
+    except ConfigError:
+        old = None
+    payload = check.baseline_payload(suite, results, configs, env)
+    if old is not None and old.get("settings") == payload["settings"]:
+        payload["methods"] = {**{m: v for m, v in old["methods"].items() if m not in results}, **payload["methods"]}
+    write_json(path, payload)
+    console.print(f"wrote {path}", markup=False)
+    previous = (old or {}).get("methods", {})
+    for method, entry in payload["methods"].items():
+        before = previous.get(method)
+        if method not in results:
+            continue
+        if before is None:
+            console.print(f"  {method}: new, {entry['mean'] * 100:.2f} ± {entry['sd'] * 100:.2f} % over "
+                          f"{len(entry['seeds'])} seeds", markup=False)
+        elif before["preds_sha256"] == entry["preds_sha256"]:
+            console.print(f"  {method}: unchanged (identical predictions)", markup=False)
+        else:
+            console.print(f"  {method}: {before['mean'] * 100:.2f} -> {entry['mean'] * 100:.2f} % "
+                          f"(sd {before['sd'] * 100:.2f} -> {entry['sd'] * 100:.2f})", markup=False)
+    if old is not None:
+        for change in check.environment_changes(old["environment"], env):
+            console.print(f"  environment: {change}", markup=False)
+
+
+def _print_verdicts(verdicts: list, base: dict) -> None:
+    from mmbench import check
+
+    table = Table(title=f"mmbench check: test accuracy (%) vs baseline ({base['created']}), suite {base['suite']}",
+                  title_justify="left")
+    for column in ("method", "baseline", "current", "Δ [95% CI]", "fails below", "MDE", "p (Holm)", "verdict"):
+        table.add_column(column, justify="left" if column in ("method", "verdict") else "right")
+    for v in verdicts:
+        cells = [v.method, f"{v.baseline_mean * 100:.2f} (n={v.n_ref})", f"{v.current_mean * 100:.2f} (n={v.n})"]
+        if v.test is not None:
+            low, high = check.delta_interval(v.test)
+            cells += [f"{v.test.delta * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}]",
+                      f"{-v.test.threshold * 100:+.2f}", f"{v.test.mde * 100:.2f}", f"{v.p_holm:.3g}"]
+        else:
+            cells += [f"{(v.current_mean - v.baseline_mean) * 100:+.2f}" if v.status == "exact" else "-", "-", "-", "-"]
+        style = {"REGRESSED": "bold red", "stale": "yellow", "no baseline": "yellow"}.get(v.status, "green")
+        table.add_row(*cells, f"[{style}]{v.status}[/]")
+    console.print(table)
+    notes = ["exact: same environment and identical per-seed predictions (no statistics needed)"]
+    if any(v.test is not None for v in verdicts):
+        notes.append(f"otherwise one-sided non-inferiority t-test, σ = max(SD of the baseline, floor), Holm over "
+                     f"{_tested(verdicts)} methods at a family false-alarm rate of {base['alpha_family']:g}; "
+                     "'fails below' = the mean drop (pp) past which the first Holm step fails, MDE = the drop "
+                     "caught with 80 % power")
+    if any(v.status == "stale" for v in verdicts):
+        notes.append("stale: better than the baseline beyond the threshold; run `mmbench check --update`")
+    if any(v.status == "no baseline" for v in verdicts):
+        notes.append("no baseline: a method the baseline lacks; run `mmbench check --update --methods NAME`")
+    for note in notes:
+        console.print(note, markup=False)
+
+
+def _tested(verdicts: list) -> int:
+    return max(1, sum(v.test is not None for v in verdicts))
 
 
 def _mean_sd(values: pd.Series) -> str:

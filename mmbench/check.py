@@ -1,0 +1,216 @@
+"""`mmbench check`: a CI regression gate on method accuracy (STATS.md §6).
+
+Every method of a suite is trained on a small fixed configuration for a few seeds and compared
+with a committed baseline of `N_REF` seeds per method:
+
+1. exact: the environment (torch, threads, platform, CPU capability) matches the baseline's and
+   every seed's test predictions hash to the baseline's: pass, with no statistics and no flake risk;
+2. otherwise a one-sided non-inferiority t-test per method against the baseline's seed
+   distribution (σ = max(SD_ref, floor), floor = max(0.5 pp, binomial SE of the test set)), with
+   Holm's correction over the methods at a family-wise false-alarm rate `ALPHA_FAMILY`;
+3. a gain beyond the symmetric threshold passes with a note that the baseline is stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmbench import stats
+from mmbench.config import ConfigError, RunConfig, expand
+from mmbench.registry import METHODS
+
+FORMAT_VERSION = 1
+ALPHA_FAMILY = 0.01
+N_REF = 20
+BASELINE_FILE = "baseline.json"
+
+# The `ci` suite: every registered method on a small synthetic problem, about 1 s per run on one
+# CPU thread, not saturated (joint about 71 %, chance 17 %).
+SUITES: dict[str, dict[str, Any]] = {
+    "ci": {"dataset": "synthetic", "settings": {
+        "n_train": 800, "n_test": 600, "audio_size": 12, "image_size": 12, "epochs": 5, "batch_size": 32,
+        "encoder_width": 8, "num_threads": 1, "deterministic": True, "device": "cpu"}},
+}
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    seed: int
+    acc: float
+    n_correct: int
+    n_test: int
+    preds_sha256: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    method: str
+    status: str  # exact | pass | stale | REGRESSED | no baseline
+    baseline_mean: float
+    current_mean: float
+    n: int
+    n_ref: int
+    test: stats.NonInferiority | None = None
+    p_holm: float = math.nan
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "REGRESSED"
+
+
+def environment(threads: int) -> dict[str, str]:
+    """What decides whether two runs can be bit-identical (STATS §6.1)."""
+    import torch
+
+    return {"torch": torch.__version__, "threads": str(threads), "python": platform.python_version(),
+            "platform": f"{platform.system()}-{platform.machine()}",
+            "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
+def suite_configs(suite: str, seeds: list[int], methods: list[str] | None = None,
+                  overrides: dict[str, Any] | None = None) -> dict[str, list[RunConfig]]:
+    if suite not in SUITES:
+        raise ConfigError(f"--suite {suite}: no such suite; choices: {', '.join(SUITES)}")
+    spec = SUITES[suite]
+    names = methods or METHODS.names()
+    settings = {**spec["settings"], **(overrides or {})}
+    return {m: expand([m], spec["dataset"], seeds, "benchmark", settings) for m in names}
+
+
+def run_suite(configs: dict[str, list[RunConfig]], out: Path, on_run: Callable[[RunConfig, str], None]
+              ) -> dict[str, list[SeedResult]]:
+    """Train what is missing (one after another, in this process) and read every seed's result."""
+    from mmbench.progress import PlainReporter
+    from mmbench.scheduler.worker import execute
+
+    quiet = PlainReporter(_null_console())
+    results: dict[str, list[SeedResult]] = {}
+    for method, cfgs in configs.items():
+        results[method] = []
+        for cfg in cfgs:
+            outcome = execute(cfg, out, quiet)
+            on_run(cfg, outcome)
+            if outcome == "failed":
+                raise RuntimeError(f"{method} seed {cfg.seed} failed; see {out}")
+            results[method].append(seed_result(out, cfg))
+    return results
+
+
+def seed_result(out: Path, cfg: RunConfig) -> SeedResult:
+    from mmbench.results import run_paths
+
+    paths = run_paths(out, cfg)
+    preds = pd.read_parquet(paths.preds, columns=["selection", "sample_id", "y", "pred"])
+    preds = preds[preds["selection"] == "best_val"].sort_values("sample_id")
+    digest = hashlib.sha256(preds["pred"].to_numpy(np.int64).tobytes()).hexdigest()
+    n_correct = int((preds["pred"] == preds["y"]).sum())
+    return SeedResult(cfg.seed, n_correct / len(preds), n_correct, len(preds), digest)
+
+
+def sigma_floor(p: float, n_test: int) -> float:
+    """max(0.5 pp, √(p(1-p)/N_test)): a baseline whose seeds happen to agree is not taken as noiseless."""
+    return max(0.005, math.sqrt(max(p * (1 - p), 0.0) / max(n_test, 1)))
+
+
+def compare(baseline: dict[str, Any], current: dict[str, list[SeedResult]], exact_allowed: bool,
+            alpha_family: float = ALPHA_FAMILY) -> list[Verdict]:
+    """One verdict per method; Holm over the methods that needed the statistical test."""
+    verdicts, tested = [], []
+    for method, results in current.items():
+        ref = baseline["methods"].get(method)
+        accs = [r.acc for r in results]
+        if ref is None:
+            verdicts.append(Verdict(method, "no baseline", math.nan, float(np.mean(accs)), len(accs), 0))
+            continue
+        by_seed = dict(zip(ref["seeds"], ref["preds_sha256"], strict=True))
+        if exact_allowed and all(by_seed.get(r.seed) == r.preds_sha256 for r in results):
+            same_seeds = dict(zip(ref["seeds"], ref["acc"], strict=True))  # the baseline over these very seeds
+            verdicts.append(Verdict(method, "exact", float(np.mean([same_seeds[r.seed] for r in results])),
+                                    float(np.mean(accs)), len(accs), len(accs)))
+            continue
+        tested.append(len(verdicts))
+        verdicts.append(Verdict(method, "pass", float(np.mean(ref["acc"])), float(np.mean(accs)), len(accs),
+                                len(ref["acc"])))
+    if not tested:
+        return verdicts
+    alpha = alpha_family / len(tested)  # the first Holm step: the threshold and MDE shown
+    tests = []
+    for i in tested:
+        ref = baseline["methods"][verdicts[i].method]
+        floor = sigma_floor(float(np.mean(ref["acc"])), int(ref["n_test"]))
+        tests.append(stats.non_inferiority([r.acc for r in current[verdicts[i].method]], ref["acc"], floor, alpha))
+    adjusted = stats.holm([t.p for t in tests])
+    for i, test, p_holm in zip(tested, tests, adjusted, strict=True):
+        status = "REGRESSED" if p_holm < alpha_family else "stale" if test.delta > test.threshold else "pass"
+        verdicts[i] = Verdict(**{**verdicts[i].__dict__, "status": status, "test": test, "p_holm": float(p_holm)})
+    return verdicts
+
+
+def delta_interval(test: stats.NonInferiority, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided interval of Δ on the gate's scale σ √(1/n + 1/n_ref), df = n_ref - 1."""
+    from scipy import stats as st
+
+    half = st.t.ppf((1 + confidence) / 2, test.n_ref - 1) * test.sigma * math.sqrt(1 / test.n + 1 / test.n_ref)
+    return test.delta - half, test.delta + half
+
+
+def baseline_payload(suite: str, results: dict[str, list[SeedResult]], configs: dict[str, list[RunConfig]],
+                     env: dict[str, str]) -> dict[str, Any]:
+    methods = {}
+    for method, seeds in results.items():
+        accs = [r.acc for r in seeds]
+        cfg = configs[method][0].to_dict()
+        methods[method] = {
+            "seeds": [r.seed for r in seeds], "acc": accs, "n_correct": [r.n_correct for r in seeds],
+            "n_test": seeds[0].n_test, "preds_sha256": [r.preds_sha256 for r in seeds],
+            "mean": float(np.mean(accs)), "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            "hparams": cfg["hparams"],
+        }
+    return {"format": FORMAT_VERSION, "suite": suite, "dataset": SUITES[suite]["dataset"],
+            "settings": SUITES[suite]["settings"], "environment": env, "alpha_family": ALPHA_FAMILY,
+            "sigma_floor": "max(0.005, sqrt(p(1-p)/n_test))", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "methods": methods}
+
+
+def load_baseline(folder: Path, suite: str) -> dict[str, Any]:
+    import json
+
+    path = Path(folder) / BASELINE_FILE
+    hint = f"create it with `mmbench check --baseline {folder} --suite {suite} --update`"
+    if not path.is_file():
+        raise ConfigError(f"--baseline {folder}: no {BASELINE_FILE} there; {hint}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--baseline: {path} is not valid JSON ({exc}); restore it from git or {hint}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or "methods" not in data:
+        raise ConfigError(f"--baseline: {path} is not a format-{FORMAT_VERSION} mmbench baseline; {hint}")
+    if data.get("suite") != suite:
+        raise ConfigError(f"--baseline: {path} is for suite {data.get('suite')!r}, not {suite!r}; pass "
+                          f"--suite {data.get('suite')} or {hint}")
+    if data.get("settings") != SUITES[suite]["settings"]:
+        raise ConfigError(f"--baseline: {path} was made with other {suite} suite settings; {hint}")
+    return data
+
+
+def environment_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
+    return [f"{key} {old.get(key, '?')} -> {new.get(key, '?')}" for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)]
+
+
+def _null_console() -> Any:
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO())

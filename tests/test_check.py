@@ -1,0 +1,163 @@
+"""`mmbench check`: the exact path, the statistical gate, its thresholds, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mmbench import check, stats
+from mmbench.cli import app
+from mmbench.registry import METHODS as METHODS_REGISTRY
+
+runner = CliRunner()
+METHODS = "joint,opm"
+
+
+@pytest.fixture(scope="module")
+def small_baseline(tmp_path_factory):
+    """A 4-seed baseline of two methods, and the folder holding its runs."""
+    folder = tmp_path_factory.mktemp("check")
+    result = runner.invoke(app, ["check", "--update", "--ref-seeds", "4", "--methods", METHODS,
+                                 "--baseline", str(folder / "baseline"), "--out", str(folder / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "joint: new" in result.output and "opm: new" in result.output
+    return folder / "baseline"
+
+
+def run_check(baseline, out, *extra: str):
+    return runner.invoke(app, ["check", "--baseline", str(baseline), "--methods", METHODS, "--seeds", "3",
+                               "--out", str(out), *extra])
+
+
+def test_an_identical_rerun_passes_through_the_exact_path(small_baseline, tmp_path):
+    result = run_check(small_baseline, tmp_path / "fresh")  # retrained from scratch, not read back
+    assert result.exit_code == 0, result.output
+    assert "6 runs trained" in result.output
+    assert result.output.count("exact") >= 3 and "one-sided" not in result.output
+
+
+def test_a_weakened_method_is_caught(small_baseline, tmp_path):
+    result = run_check(small_baseline, tmp_path / "weak", "--set", "lr=1e-6")  # no learning at all
+    assert result.exit_code == 1, result.output
+    assert "REGRESSED" in result.output and "regression: joint, opm" in result.output
+
+
+def test_an_environment_mismatch_is_reported_and_turns_the_exact_path_off(small_baseline, tmp_path):
+    baseline = tmp_path / "other-env"
+    baseline.mkdir()
+    data = json.loads((small_baseline / check.BASELINE_FILE).read_text())
+    data["environment"]["torch"] = "1.0.0"
+    (baseline / check.BASELINE_FILE).write_text(json.dumps(data))
+    result = run_check(baseline, small_baseline.parent / "runs")  # the same runs: identical predictions
+    assert result.exit_code == 0, result.output
+    assert "environment differs from the baseline's (torch 1.0.0 -> " in result.output
+    assert "exact" not in [line.split("│")[-2].strip() for line in result.output.splitlines() if "│" in line]
+
+
+def test_update_says_what_changed(small_baseline, tmp_path):
+    baseline = tmp_path / "copy"
+    baseline.mkdir()
+    data = json.loads((small_baseline / check.BASELINE_FILE).read_text())
+    data["methods"]["opm"]["preds_sha256"][0] = "0" * 64
+    data["methods"]["opm"]["mean"] = 0.5
+    (baseline / check.BASELINE_FILE).write_text(json.dumps(data))
+    result = runner.invoke(app, ["check", "--update", "--ref-seeds", "4", "--methods", METHODS, "--baseline",
+                                 str(baseline), "--out", str(small_baseline.parent / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "joint: unchanged (identical predictions)" in result.output and "opm: 50.00 -> " in result.output
+    assert "0 runs trained, 8 read" in result.output  # the runs were read back, not retrained
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no baseline.json there; create it with `mmbench check"),
+    ("{not json", "is not valid JSON"),
+    ('{"format": 99}', "is not a format-1 mmbench baseline"),
+])
+def test_bad_baselines_fail_with_one_line(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / check.BASELINE_FILE).write_text(content)
+    result = runner.invoke(app, ["check", "--baseline", str(tmp_path), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and message in result.output
+    result = runner.invoke(app, ["check", "--suite", "nightly", "--update", "--baseline", str(tmp_path)])
+    assert result.exit_code == 2 and "--suite nightly: no such suite; choices: ci" in result.output
+
+
+# --- the decision, on numbers -------------------------------------------------------------------
+
+def fake_baseline(means: dict[str, float], sd: float, n_ref: int = 20, n_test: int = 600) -> dict:
+    rng = np.random.default_rng(0)
+    methods = {}
+    for method, mean in means.items():
+        accs = mean + sd * rng.standard_normal(n_ref)
+        methods[method] = {"seeds": list(range(n_ref)), "acc": accs.tolist(), "n_test": n_test,
+                           "preds_sha256": [f"{method}{s}" for s in range(n_ref)]}
+    return {"methods": methods}
+
+
+def seeds(method: str, accs) -> list[check.SeedResult]:
+    return [check.SeedResult(i, float(a), round(a * 600), 600, f"{method}-new{i}") for i, a in enumerate(accs)]
+
+
+@pytest.mark.parametrize("n, threshold, mde", [(3, 2.08, 2.61), (5, 1.68, 2.11), (8, 1.40, 1.76)])
+def test_thresholds_match_the_table_of_stats_md(n, threshold, mde):
+    """STATS §6.2: m = 6 methods, α_family = 0.01 (first step: α/m), n_ref = 20, in units of σ."""
+    rng = np.random.default_rng(1)
+    reference = rng.standard_normal(20)
+    reference = (reference - reference.mean()) / reference.std(ddof=1)  # SD exactly 1
+    test = stats.non_inferiority(np.zeros(n), reference, sigma_floor=0.0, alpha=0.01 / 6)
+    assert test.threshold == pytest.approx(threshold, abs=0.01) and test.mde == pytest.approx(mde, abs=0.01)
+
+
+def test_a_drop_past_the_threshold_fails_and_a_gain_past_it_is_stale():
+    baseline = fake_baseline({"a": 0.70, "b": 0.70, "c": 0.70}, sd=0.03)  # above the floor (1.9 pp)
+    ref = {m: np.mean(v["acc"]) for m, v in baseline["methods"].items()}
+    current = {"a": seeds("a", [ref["a"] - 0.10] * 5), "b": seeds("b", [ref["b"] + 0.10] * 5),
+               "c": seeds("c", [ref["c"] - 0.005] * 5)}
+    verdicts = {v.method: v for v in check.compare(baseline, current, exact_allowed=True)}
+    assert verdicts["a"].status == "REGRESSED" and verdicts["b"].status == "stale"
+    assert verdicts["c"].status == "pass"
+    assert verdicts["a"].test.sigma == pytest.approx(np.std(baseline["methods"]["a"]["acc"], ddof=1))
+
+
+def test_noise_of_the_size_of_the_baseline_spread_rarely_fails():
+    """No regression, current seeds drawn with the baseline's spread: the family-wise false-alarm
+    rate stays near α_family = 0.01 (400 simulated CI runs of 8 methods x 5 seeds)."""
+    means = {f"m{i}": 0.70 for i in range(8)}
+    baseline = fake_baseline(means, sd=0.02)
+    rng = np.random.default_rng(2)
+    alarms = 0
+    for _ in range(400):
+        current = {m: seeds(m, 0.70 + 0.02 * rng.standard_normal(5)) for m in means}
+        alarms += any(v.failed for v in check.compare(baseline, current, exact_allowed=True))
+    assert alarms / 400 <= 0.04
+
+
+def test_the_floor_keeps_a_too_quiet_baseline_from_failing_everything():
+    baseline = fake_baseline({"a": 0.70}, sd=0.0)  # all seeds agree: SD 0
+    floor = check.sigma_floor(0.70, 600)
+    assert floor == pytest.approx(math.sqrt(0.7 * 0.3 / 600))
+    verdict = check.compare(baseline, {"a": seeds("a", [0.69] * 5)}, exact_allowed=True)[0]
+    assert verdict.status == "pass" and verdict.test.sigma == pytest.approx(floor)
+
+
+def test_exact_needs_every_seed_to_match_and_a_new_method_is_flagged():
+    baseline = fake_baseline({"a": 0.7}, sd=0.02)
+    same = [check.SeedResult(s, 0.7, 420, 600, f"a{s}") for s in range(5)]
+    assert check.compare(baseline, {"a": same}, exact_allowed=True)[0].status == "exact"
+    assert check.compare(baseline, {"a": same}, exact_allowed=False)[0].status != "exact"
+    one_off = same[:4] + [check.SeedResult(4, 0.7, 420, 600, "changed")]
+    assert check.compare(baseline, {"a": one_off}, exact_allowed=True)[0].status != "exact"
+    assert check.compare(baseline, {"z": same}, exact_allowed=True)[0].status == "no baseline"
+
+
+@pytest.mark.parametrize("method", METHODS_REGISTRY.names())
+def test_the_committed_baseline_covers_every_registered_method(method):
+    baseline = check.load_baseline(Path(__file__).parents[1] / "results" / "baselines" / "ci", "ci")
+    entry = baseline["methods"].get(method)
+    assert entry is not None, f"no baseline for {method}: run `mmbench check --update --methods {method}`"
+    assert entry["seeds"] == list(range(check.N_REF)) and len(set(entry["preds_sha256"])) > 1
