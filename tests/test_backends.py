@@ -83,6 +83,8 @@ def test_gpu_memory_decides_how_many_runs_share_a_gpu():
     (SchedulingOptions(backend="slurm", address="10.0.0.1:6379"), "--address is for --backend ray"),
     (SchedulingOptions(gpu_mem=10, runs_per_gpu=2), "replaces --runs-per-gpu"),
     (SchedulingOptions(backend="ray", jobs=2), "--jobs and --gpus are for --backend local"),
+    (SchedulingOptions(backend="slurm", gpu_mem=12), "--gpu-mem is for --backend local"),
+    (SchedulingOptions(backend="slurm", runs_per_gpu=2), "SLURM gives each run whole GPUs"),
     (SchedulingOptions(gpus=["0"], jobs=2), "with GPUs use --runs-per-gpu"),
     (SchedulingOptions(backend="slurm", slurm={"time_min": "soon"}), "time_min=soon: expected int"),
     (SchedulingOptions(backend="pbs"), "choose one of local, slurm, ray"),

@@ -46,6 +46,12 @@ class SchedulingOptions:
             raise ConfigError("--no-wait is for --backend slurm (jobs that outlive the command)")
         if self.address and self.backend != "ray":
             raise ConfigError("--address is for --backend ray")
+        if self.backend != "local" and self.gpu_mem is not None:
+            raise ConfigError(f"--gpu-mem is for --backend local; with {self.backend} give --runs-per-gpu (ray) "
+                              "or --slurm gpus_per_task=N (slurm)")
+        if self.backend == "slurm" and self.runs_per_gpu is not None:
+            raise ConfigError("--runs-per-gpu: SLURM gives each run whole GPUs (--slurm gpus_per_task=N); "
+                              "pack runs with --backend local or ray")
         if self.backend != "local" and (self.jobs is not None or self.gpus is not None):
             raise ConfigError(f"--jobs and --gpus are for --backend local; {self.backend} allocates the devices")
         if self.backend == "local" and self.gpus and self.jobs is not None:
