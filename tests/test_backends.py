@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -214,6 +215,28 @@ def test_a_preempted_element_is_requeued_and_resumes_from_its_checkpoint(tmp_pat
     pd.testing.assert_frame_equal(pd.read_parquet(run_paths(out, cfg).preds),
                                   pd.read_parquet(run_paths(reference, cfg).preds))
     assert read_runs(out)["best_val_acc"].tolist() == read_runs(reference)["best_val_acc"].tolist()
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_a_request_no_node_can_meet_is_reported_and_ctrl_c_leaves_the_jobs_queued(tmp_path):
+    path = write_sweep(tmp_path / "sweep.yaml", methods=["joint"], seeds=[0])
+    out = tmp_path / "results"
+    sweep = subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--backend", "slurm", "--slurm",
+                                     "cpus_per_task=64", "--slurm", "gpus_per_task=0"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / ".slurm" / "jobs.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # a poll of squeue
+        sweep.send_signal(signal.SIGINT)
+        stdout, stderr = sweep.communicate(timeout=60)
+    finally:
+        for job in json.loads((out / ".slurm" / "jobs.json").read_text()).values():
+            subprocess.run(["scancel", job["job_id"].split("_")[0]])
+    assert "1 runs pending (PartitionConfig)" in stdout, stdout + stderr
+    assert sweep.returncode == 130 and "1 runs are queued or running in SLURM" in stdout
 
 
 # --- Ray ----------------------------------------------------------------------------------------

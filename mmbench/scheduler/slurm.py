@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,13 +89,13 @@ class SlurmScheduler:
     def run(self, configs: list[RunConfig], on_tick: Tick | None = None) -> SweepSummary:
         summary = SweepSummary(total=len(configs))
         record = self._load_record()
-        queue = squeue_states()
+        unfinished = [cfg for cfg in configs if not is_done(run_paths(self.out, cfg))]
+        summary.skipped = len(configs) - len(unfinished)
+        queue = squeue_states() if unfinished else {}
         watching: dict[str, RunConfig] = {}
         todo = []
-        for cfg in configs:
-            if is_done(run_paths(self.out, cfg)):
-                summary.skipped += 1
-            elif record.get(cfg.run_id, {}).get("job_id") in queue:
+        for cfg in unfinished:
+            if record.get(cfg.run_id, {}).get("job_id") in queue:
                 watching[cfg.run_id] = cfg
             else:
                 todo.append(cfg)
@@ -116,6 +117,7 @@ class SlurmScheduler:
                on_tick: Tick | None) -> None:
         attempts: dict[str, int] = {}
         first_seen: dict[str, float] = {}
+        last_pending: dict[str, int] = {}
         while watching:
             queue = squeue_states()
             retry = []
@@ -142,12 +144,24 @@ class SlurmScheduler:
             if retry:
                 self._submit(retry, record)
                 watching.update({cfg.run_id: cfg for cfg in retry})
+            last_pending = self._report_pending(watching, record, queue, last_pending)
             if on_tick:
                 on_tick(summary, [Running(cfg, f"SLURM {record[rid]['job_id']} on {queue[record[rid]['job_id']][1]}",
                                           first_seen[rid]) for rid, cfg in watching.items() if rid in first_seen
                                   and record[rid]["job_id"] in queue])
             if watching:
                 time.sleep(self.poll_s)
+
+    def _report_pending(self, watching: dict[str, RunConfig], record: dict[str, dict],
+                        queue: dict[str, tuple[str, str, str]], last: dict[str, int]) -> dict[str, int]:
+        """Say why runs wait, when that changes: a request no node can meet waits forever."""
+        reasons = Counter(queue[record[rid]["job_id"]][2] or "unknown" for rid in watching
+                          if queue.get(record[rid]["job_id"], ("",))[0] == "PENDING")
+        if reasons and dict(reasons) != last:
+            self.on_event("SLURM: " + ", ".join(f"{n} runs pending ({why})" for why, n in reasons.items())
+                          + "; reasons such as BadConstraints, PartitionConfig or ReqNodeNotAvail mean no node "
+                          "can meet the request (see --slurm gpus_per_task, cpus_per_task, mem_gb)")
+        return dict(reasons)
 
     def _submit(self, configs: list[RunConfig], record: dict[str, dict]) -> None:
         if not configs:
@@ -198,10 +212,10 @@ class SlurmScheduler:
             return {}  # a damaged record only means earlier jobs are not watched
 
 
-def squeue_states() -> dict[str, tuple[str, str]]:
-    """{job id (array elements as 123_4): (state, node)} for this user's jobs."""
+def squeue_states() -> dict[str, tuple[str, str, str]]:
+    """{job id (array elements as 123_4): (state, node, reason)} for this user's jobs."""
     try:
-        listing = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%N"], capture_output=True, text=True,
+        listing = subprocess.run(["squeue", "--me", "-h", "-r", "-o", "%i|%T|%N|%r"], capture_output=True, text=True,
                                  timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SlurmError(f"squeue failed: {exc}; is SLURM installed and its controller reachable?") from None
@@ -209,8 +223,8 @@ def squeue_states() -> dict[str, tuple[str, str]]:
         raise SlurmError(f"squeue failed: {_one_line(listing.stderr)}")
     states = {}
     for line in listing.stdout.splitlines():
-        job_id, state, node = (line.split("|") + ["", ""])[:3]
-        states[job_id.strip()] = (state.strip(), node.strip())
+        job_id, state, node, reason = (line.split("|") + ["", "", ""])[:4]
+        states[job_id.strip()] = (state.strip(), node.strip(), reason.strip())
     return states
 
 
