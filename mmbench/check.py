@@ -13,6 +13,7 @@ with a committed baseline of `N_REF` seeds per method:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import platform
@@ -152,7 +153,7 @@ def compare(baseline: dict[str, Any], current: dict[str, list[SeedResult]], exac
     adjusted = stats.holm([t.p for t in tests])
     for i, test, p_holm in zip(tested, tests, adjusted, strict=True):
         status = "REGRESSED" if p_holm < alpha_family else "stale" if test.delta > test.threshold else "pass"
-        verdicts[i] = Verdict(**{**verdicts[i].__dict__, "status": status, "test": test, "p_holm": float(p_holm)})
+        verdicts[i] = dataclasses.replace(verdicts[i], status=status, test=test, p_holm=float(p_holm))
     return verdicts
 
 
