@@ -8,6 +8,22 @@ other on every batch (two optimiser steps), each with its own boosting loss
 epochs, the ratio of the epoch's summed true-class confidences S_a / S_v decides whether
 the weaker modality gets one more head (dead zone sigma +- dead_zone). Inference is the
 late fusion merge_alpha * z_a + (1 - merge_alpha) * z_v; there is no fusion layer.
+
+Against the official code (njustkmg/NeurIPS25-AUG):
+  - the shared output layer fc_out is initialised as the code's `weight_init` does (xavier-normal,
+    bias 0; `utils/utils.py` ~81-89) under the default `linear_init=xavier`; new heads likewise;
+  - `--profile official` trains on the official audio input: CREMA-D tiled 20x and cut at 20 s
+    (`audio_frontend=aug-stft`, 257 x 1,250; `dataset/CREMA.py` ~62-67), Kinetics-Sounds at 35.4 kHz
+    for 10 s (`aug-ks-stft`, the historical `dataset/KS.py`); and it steps the learning-rate schedule
+    at the start of every epoch (`lr_step_at=epoch_start`, `train_CREMAD.py` ~210-212: decays take
+    effect at epochs 69 and 139);
+  - one optimiser, `zero_grad(set_to_none=True)` between the two steps of a batch. On PyTorch >= 2
+    this equals the official loop; on the PyTorch 1.11 it was written for, `zero_grad()` left zero
+    tensors, so SGD's momentum and weight decay also moved the idle audio branch during the visual
+    step (`train_CREMAD.py` ~47-89). mmbench keeps the PyTorch >= 2 semantics, which the code
+    computes on every current install;
+  - new heads join the optimiser (`train_new_heads=true`, the paper's intent); the official code never
+    adds them, so they stay at their random init: `train_new_heads=false` reproduces that.
 """
 
 from __future__ import annotations
@@ -22,7 +38,7 @@ from torch import nn
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
 from mmbench.metrics import true_class_score
-from mmbench.models import AVModel, Outputs
+from mmbench.models import AVModel, Outputs, init_linear
 from mmbench.registry import register_method
 
 MODALITIES = ("a", "v")
@@ -95,7 +111,9 @@ def is_check_epoch(epoch: int, epochs: int, interval: int) -> bool:
 @register_method
 class AUG(Method):
     name = "aug"
-    description = "Sustained boosting: per-modality head lists grown for the weaker modality; late fusion."
+    version = 2
+    description = ("Sustained boosting: per-modality head lists grown for the weaker modality; late fusion "
+                   "(departure: PyTorch >= 2 zero_grad semantics, see docs/methods.md).")
     citation = "Jiang, Huang, Yang. Rethinking Multimodal Learning from the Perspective of Mitigating " \
                "Classification Ability Disproportion. NeurIPS 2025, arXiv 2502.20120"
     hparams = {"lambda_res": 0.5, "sigma": 1.0, "dead_zone": 0.01, "aca_interval": 0, "merge_alpha": 0.4,
@@ -116,8 +134,10 @@ class AUG(Method):
                  "lr_gamma": 0.1, "batch_size": 64, "image_size": 224}
     # No official KS settings exist for AUG: the CREMA-D values with the KS input pipeline
     # (100 epochs and 3 frames from the historical KS config).
-    profiles = {"official": {"cremad": {**_official, "epochs": 200, "frames": 1},
-                             "kinetics-sounds": {**_official, "epochs": 100, "frames": 3}}}
+    profiles = {"official": {
+        "cremad": {**_official, "epochs": 200, "frames": 1, "audio_frontend": "aug-stft", "lr_step_at": "epoch_start"},
+        "kinetics-sounds": {**_official, "epochs": 100, "frames": 3, "audio_frontend": "aug-ks-stft",
+                            "lr_step_at": "epoch_start"}}}
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)
@@ -129,6 +149,7 @@ class AUG(Method):
     def build(self, model: AVModel, ctx: RunContext) -> nn.Module:
         aug = AUGModel(model.audio_encoder, model.visual_encoder, ctx.num_classes, self.hp["head_hidden"],
                        self.hp["merge_alpha"])
+        init_linear(aug.fc_out, ctx.cfg.linear_init)
         generator = torch.Generator().manual_seed(torch.initial_seed())  # the engine's method-init seed
         for m in MODALITIES:
             aug.add_head(m, generator)

@@ -12,6 +12,10 @@ model frozen,
   3. predict z_c = sum_m w_mc u_mc / T_m.
 `weights=global` uses one weight per modality; `weights=learned` fits w >= 0 and a class
 bias by cross-entropy on validation (L-BFGS), starting from the class weights.
+Diagnostics (METHODS.md 5.2), for every run of any method: D1-D4 in each epoch and run row, D1
+also per class (`d1_class_<c>` = ||W_a[c]|| / ||W_v[c]||); D5, the per-class capability gap
+against separately trained `unimodal` runs of the same seed, is computed by `mmbench report`
+from the stored predictions (a run row must not depend on which other runs exist).
 """
 
 from __future__ import annotations

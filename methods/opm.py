@@ -6,34 +6,56 @@ the weak modality. Per batch, after a warm-up:
   r_m = tanh(relu(s_m / s_other - 1)),  q_m = clip(q_base * (1 + lam * r_m), 0, 1) if r_m > 0 else 0
   with probability p_exe: mask_m ~ Bernoulli(1 - q_m) per sample, features * mask_m / (1 - theta),
   theta = sum_m d_m q_m / sum_m d_m; samples with every modality dropped leave the loss.
-Inference never drops.
+Inference never drops. Scores come from the fusion head's per-modality logits (W_m f_m + b/2), as
+the journal code's detached copy of the fusion weights.
+
+`theta_grad` (the official code's backward): the released `custom_autograd.backward` returns theta
+itself as theta's gradient (`code/models/Classifier.py` ~16-21). Theta depends on q, q on the
+scores, and the scores on the *un-detached* features through the detached fusion weights
+(~112-147), so on every executed drop both encoders receive an extra gradient theta * dtheta/dparams
+(3.6-4.7 % of the encoder gradient norm). `none` (benchmark default, the paper's rescaling only);
+`official` (`--profile official`) reproduces it, as the gradient of theta_sg * theta (theta_sg: theta
+without gradient) added to the loss with value 0. The released file also has a stray `]`
+(line ~53) and does not parse as published; nothing here depends on that line.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
 from mmbench.methods.ogm import JOURNAL_RECIPE
-from mmbench.metrics import modality_scores
+from mmbench.metrics import true_class_score
 from mmbench.models import Outputs
 from mmbench.registry import register_method
 
 
 def drop_probabilities(score_a: float, score_v: float, q_base: float, lam: float) -> tuple[float, float]:
     """(q_a, q_v): non-zero only for the modality whose score exceeds the other's."""
-    if score_a == 0 and score_v == 0:
-        return 0.0, 0.0
-    probabilities = []
-    for mine, other in ((score_a, score_v), (score_v, score_a)):
-        ratio = mine / other if other > 0 else math.inf
-        r = math.tanh(max(ratio - 1.0, 0.0))
-        probabilities.append(min(max(q_base * (1 + lam * r), 0.0), 1.0) if r > 0 else 0.0)
-    return probabilities[0], probabilities[1]
+    q = drop_probability_tensor(torch.tensor(float(score_a), dtype=torch.float64),
+                                torch.tensor(float(score_v), dtype=torch.float64), q_base, lam)
+    return float(q[0]), float(q[1])
+
+
+def drop_probability_tensor(score_a: torch.Tensor, score_v: torch.Tensor, q_base: float,
+                            lam: float) -> torch.Tensor:
+    """[q_a, q_v] as a differentiable function of the scores (`calcu_q`, Classifier.py ~58-72):
+    r_m = tanh(relu(s_m / s_other - 1)), q_m = q_base (1 + lam r_m) where r_m > 0, else 0, clipped
+    to [0, 1]. Both scores zero give 0/0 = nan, so r > 0 fails and nothing is dropped."""
+    r = torch.tanh(torch.relu(torch.stack([score_a / score_v, score_v / score_a]) - 1))
+    return torch.where(r > 0, q_base * (1 + lam * r), torch.zeros_like(r)).clamp(0.0, 1.0)
+
+
+def detached_head_scores(fusion: nn.Module, feat_a: torch.Tensor, feat_v: torch.Tensor,
+                         y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s_a, s_v): summed true-class probabilities of each modality's logits through a detached copy
+    of the fusion weights, so the scores carry gradient to the features only (as the journal code)."""
+    detached = {name: p.detach() for name, p in fusion.named_parameters()}
+    out = functional_call(fusion, detached, (feat_a, feat_v))
+    return true_class_score(out.logits_a, y), true_class_score(out.logits_v, y)
 
 
 def drop_features(feat_a: torch.Tensor, feat_v: torch.Tensor, mask_a: torch.Tensor, mask_v: torch.Tensor,
@@ -53,28 +75,41 @@ def drop_features(feat_a: torch.Tensor, feat_v: torch.Tensor, mask_a: torch.Tens
 @register_method
 class OPM(Method):
     name = "opm"
-    description = "On-the-fly prediction modulation: drop the dominant modality's features per sample."
+    description = ("On-the-fly prediction modulation: drop the dominant modality's features per sample "
+                   "(theta_grad=official adds the released backward's extra encoder gradient).")
     citation = "Wei, Hu, Du, Wen. On-the-fly Modulation for Balanced Multimodal Learning. " \
                "TPAMI 2024, arXiv 2410.11582"
-    hparams = {"q_base": 0.5, "lam": 0.5, "p_exe": 0.7, "warmup_epochs": 6}
+    version = 2
+    hparams = {"q_base": 0.5, "lam": 0.5, "p_exe": 0.7, "warmup_epochs": 6, "theta_grad": "none"}
+    choices = {"theta_grad": ("none", "official")}
     help = {
         "q_base": "base drop probability of the dominant modality",
         "lam": "growth of the drop probability with the score discrepancy (lambda)",
         "p_exe": "probability that a batch is modulated at all",
         "warmup_epochs": "epochs of plain joint training first (journal code: epochs 0..5)",
+        "theta_grad": "none: only the 1/(1-theta) rescaling; official: also the released backward's extra "
+                      "encoder gradient theta * dtheta/dparams",
     }
     # synthetic trains 12 epochs, not 100: the 6-epoch warm-up scaled to the same share.
     dataset_hparams = {"synthetic": {"warmup_epochs": 1}}
     fusions = ("concat", "sum")
-    profiles = {"official": JOURNAL_RECIPE}
+    profiles = {"official": {d: {**recipe, "theta_grad": "official"} for d, recipe in JOURNAL_RECIPE.items()}}
+
+    def __init__(self, ctx: RunContext) -> None:
+        super().__init__(ctx)
+        self.theta: torch.Tensor | None = None  # this batch's differentiable theta (theta_grad=official)
 
     def forward(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
+        self.theta = None
         feat_a, feat_v = model.encode(batch.audio, batch.visual)
         out = model.fusion(feat_a, feat_v)
         if ctx.epoch < self.hp["warmup_epochs"]:
             return out
-        score_a, score_v = modality_scores(out.logits_a, out.logits_v, batch.y)
-        q_a, q_v = drop_probabilities(score_a, score_v, self.hp["q_base"], self.hp["lam"])
+        official = self.hp["theta_grad"] == "official"
+        with torch.set_grad_enabled(official and torch.is_grad_enabled()):
+            scores = detached_head_scores(model.fusion, feat_a, feat_v, batch.y)
+            q = drop_probability_tensor(*scores, self.hp["q_base"], self.hp["lam"])
+        q_a, q_v = q.tolist()
         generator = ctx.generator("method")
         executed = torch.rand((), generator=generator, device=generator.device).item() < self.hp["p_exe"]
         ctx.log(q_a=q_a, q_v=q_v, executed=float(executed))
@@ -87,6 +122,16 @@ class OPM(Method):
         ctx.log(dropped_a=1 - mask_a.float().mean().item(), dropped_v=1 - mask_v.float().mean().item())
         dropped_a, dropped_v, keep = drop_features(feat_a, feat_v, mask_a.to(feat_a.device),
                                                    mask_v.to(feat_a.device), q_a, q_v)
+        if official:
+            dim_a, dim_v = feat_a.shape[1], feat_v.shape[1]
+            self.theta = (dim_a * q[0] + dim_v * q[1]) / (dim_a + dim_v)
         modulated = model.fusion(dropped_a, dropped_v)
         modulated.keep = keep
         return modulated
+
+    def loss(self, out: Outputs, batch: Batch, ctx: RunContext) -> torch.Tensor:
+        loss = super().loss(out, batch, ctx)
+        if self.theta is None:
+            return loss
+        theta_sg = self.theta.detach()
+        return loss + theta_sg * (self.theta - theta_sg)  # value +0, gradient theta * dtheta/dparams

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel, Outputs
+from mmbench.models import AVModel, Outputs, init_linear
 from mmbench.registry import register_method
 
 
@@ -37,4 +37,6 @@ class Unimodal(Method):
     def build(self, model: AVModel, ctx: RunContext) -> nn.Module:
         # The encoder is the one joint training starts from with the same seed (paired init).
         encoder = model.audio_encoder if self.hp["modality"] == "audio" else model.visual_encoder
-        return UnimodalModel(encoder, ctx.num_classes, self.hp["modality"])
+        model = UnimodalModel(encoder, ctx.num_classes, self.hp["modality"])
+        init_linear(model.head, ctx.cfg.linear_init)
+        return model

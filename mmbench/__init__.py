@@ -6,4 +6,4 @@ __version__ = "0.1.0"
 RESULT_SCHEMA_VERSION = 1
 # Bump when a change to the engine, models or metrics changes the numbers a run produces.
 # Methods and datasets carry their own `version`; all three enter every run_id.
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2

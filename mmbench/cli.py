@@ -101,10 +101,34 @@ def _describe_knobs(cls: type, knobs: dict[str, Any]) -> str:
     profiles = sorted(getattr(cls, "profiles", {}))
     if profiles:
         lines.append("profiles: benchmark, " + ", ".join(profiles))
+    for profile in profiles:
+        quirks = _profile_quirks(cls, cls.profiles[profile])
+        if quirks:
+            lines.append(f"--profile {profile} also sets: {quirks}")
     protocol = getattr(cls, "defaults", {})
     if protocol:
         lines.append("benchmark protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()))
     return "\n".join(lines) or "-"
+
+
+# Settings that reproduce a released code's behaviour (not just its recipe), shown by `list`.
+_BEHAVIOUR_KEYS = ("audio_frontend", "lr_step_at", "linear_init")
+
+
+def _profile_quirks(cls: type, table: dict[str, dict[str, Any]]) -> str:
+    """The method hyperparameters and behaviour keys a profile sets, e.g. `estimator=official`."""
+    values: dict[str, dict[str, list[str]]] = {}
+    for dataset, settings in table.items():
+        for key, value in settings.items():
+            if key in cls.hparams or key in _BEHAVIOUR_KEYS:
+                values.setdefault(key, {}).setdefault(str(value), []).append(dataset)
+    parts = []
+    for key, by_value in values.items():
+        if len(by_value) == 1:
+            parts.append(f"{key}={next(iter(by_value))}")
+        else:
+            parts.append(f"{key}=" + ", ".join(f"{v} ({', '.join(d)})" for v, d in by_value.items()))
+    return "; ".join(parts)
 
 
 @app.command("run")

@@ -47,9 +47,11 @@ class RunConfig:
     weight_decay: float = 1e-4
     lr_step: int = 70
     lr_gamma: float = 0.1
+    lr_step_at: Literal["epoch_end", "epoch_start"] = "epoch_end"
     encoder: Literal["resnet18", "small_cnn"] = "resnet18"
     encoder_width: int = 32
     fusion: Literal["concat", "sum", "film", "gated"] = "concat"
+    linear_init: Literal["xavier", "pytorch"] = "xavier"
     val_fraction: float = 0.1
     split_seed: int = 0
     bf16: bool = False

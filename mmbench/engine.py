@@ -1,9 +1,9 @@
 """One training run: seeding, the loop with method hooks, evaluation, checkpoints, results.
 
-    for epoch:                          method.on_epoch_start
+    for epoch:                          [scheduler.step() if lr_step_at=epoch_start]; method.on_epoch_start
         for batch in train (seeded order): method.train_step = forward, loss, backward,
                                            after_backward, optimizer.step
-        scheduler.step(); method.on_epoch_end
+        [scheduler.step() if lr_step_at=epoch_end]; method.on_epoch_end
         evaluate val and test -> epoch row; checkpoint (last, and best-on-val)
     method.calibrate(model, val) for the final and the best-on-val model -> test metrics
     write results (epochs, predictions, then the run row)
@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -120,6 +121,15 @@ def build_optimizer(params: Any, cfg: RunConfig) -> tuple[torch.optim.Optimizer,
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+
+
+def step_schedule(scheduler: Any) -> None:
+    """One step of the per-epoch schedule. With `lr_step_at=epoch_start` the first step comes
+    before any optimiser step, as in AUG's loop (`train_CREMAD.py` ~210-212): StepLR(70) then
+    decays for epochs 69 and 139, not 70 and 140. PyTorch warns about that order; it is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+        scheduler.step()
 
 
 def load_splits(dataset: Dataset, cfg: RunConfig) -> Splits:
@@ -312,12 +322,15 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     for epoch in range(len(progress.epoch_rows), cfg.epochs):
         ctx.epoch = epoch
         epoch_t0 = time.perf_counter()
+        if cfg.lr_step_at == "epoch_start":
+            step_schedule(scheduler)
         lr = optimizer.param_groups[0]["lr"]
         method.on_epoch_start(model, ctx)
         train_stats = train_epoch(model, method, dataset, splits.train, optimizer, ctx, reporter)
         progress.train_time += time.perf_counter() - epoch_t0
         progress.train_samples += len(splits.train)
-        scheduler.step()
+        if cfg.lr_step_at == "epoch_end":
+            step_schedule(scheduler)
         method.on_epoch_end(model, ctx)
         row = {"run_id": cfg.run_id, "epoch": epoch, "lr": lr, **train_stats}
         diagnostics = {**ctx.pop_epoch_logs(), **method.diagnostics()}

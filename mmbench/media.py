@@ -481,12 +481,11 @@ def _tile_cut(wave: np.ndarray, tiles: int, length: int) -> np.ndarray:
     return np.tile(wave, reps)[:length]
 
 
-def _log_stft(wave: np.ndarray, tiles: int, seconds: int) -> np.ndarray:
+def _log_stft(wave: np.ndarray, tiles: int, seconds: int, sample_rate: int = 22050) -> np.ndarray:
     """OGM-GE CramedDataset: librosa.stft(n_fft=512, hop_length=353) of the tiled clip, log(|X| + 1e-7).
 
     Reflect padding as librosa < 0.10 (the codebase's era) did; computed in float64.
     """
-    sample_rate = 22050
     x = np.clip(_tile_cut(wave, tiles, sample_rate * seconds), -1.0, 1.0)
     window = torch.hann_window(512, periodic=True, dtype=torch.float64)
     spec = torch.stft(
@@ -548,6 +547,16 @@ FRONTENDS: dict[str, AudioFrontend] = {
         shape=(257, 1250),
         description="NeurIPS25-AUG CREMA.py: as ogm-stft but tile x20 and cut to 20 s",
         compute=lambda wave: _log_stft(wave, tiles=20, seconds=20),
+    ),
+    "aug-ks-stft": AudioFrontend(
+        name="aug-ks-stft",
+        sample_rate=35400,
+        shape=(257, 1003),
+        description="NeurIPS25-AUG historical dataset/KS.py (commit 966dbf5): 35.4 kHz, tiled until >= 10 s "
+        "and cut to 10 s, clip [-1,1], STFT n_fft 512 hop 353, log(|X| + 1e-7)",
+        # doubling until >= 10 s then cutting keeps the first 10 s of the periodic extension, which
+        # is what tiling once to the length gives
+        compute=lambda wave: _log_stft(wave, tiles=1, seconds=10, sample_rate=35400),
     ),
     "fbank": AudioFrontend(
         name="fbank",

@@ -94,6 +94,7 @@ def decision_layer_diagnostics(logits: torch.Tensor, logits_a: torch.Tensor, log
     (concat: W_m f_m + b/2).
 
     d1_weight_norm_ratio  ||W_a||_F / ||W_v||_F of the decision layer (when it has one)
+    d1_class_<c>          ||W_a[c]||_2 / ||W_v[c]||_2, the same ratio for class index c
     d2_feature_norm_ratio E||f_a|| / E||f_v||
     d3_logit_share_a      mean_i ||z_a|| / (||z_a|| + ||z_v||); d3_true_logit_a/_v: mean z_m[y]
     d4_audio_decides      among samples whose audio and visual argmax differ, the share where the
@@ -126,6 +127,10 @@ def decision_layer_diagnostics(logits: torch.Tensor, logits_a: torch.Tensor, log
         out["d4_excess_audio"] = out["d4_audio_decides"] - out["d4_audio_right_share"]
     if weights is not None:
         out["d1_weight_norm_ratio"] = float(weights[0].norm() / weights[1].norm())
+        # per class: ||W_a[c]|| / ||W_v[c]|| (METHODS.md 5.2 D1), one column per class index
+        per_class = weights[0].norm(dim=1) / weights[1].norm(dim=1)
+        out.update({f"d1_class_{c}": float(r) for c, r in enumerate(per_class.tolist())})
     if feat_norm_a is not None and feat_norm_v is not None:
         out["d2_feature_norm_ratio"] = float(feat_norm_a.mean() / feat_norm_v.mean())
     return out
+

@@ -21,8 +21,8 @@ from mmbench.config import RunConfig
 class Outputs:
     """What a forward pass gives every method and metric, under the same names.
 
-    `logits_a`/`logits_v` are per-modality logits (for concat and sum fusion they add up to
-    `logits`; late-fusion methods weight them); None where the fusion does not decompose. `keep` marks
+    `logits_a`/`logits_v` are per-modality logits (concat: they add up to `logits`; sum: in training,
+    see SumFusion; late-fusion methods weight them); None where the fusion does not decompose. `keep` marks
     the samples of the batch the outputs refer to, when a forward pass removed some (OPM).
     """
 
@@ -120,7 +120,9 @@ class ConcatFusion(nn.Module):
 
 
 class SumFusion(nn.Module):
-    """A linear head per modality, logits summed; each head keeps its full bias."""
+    """A linear head per modality, logits summed. Per-modality logits follow the OGM-GE code: each
+    head's full bias in training (the scores OGM compares, `main.py` ~82-86), half of it in evaluation
+    (`valid()`, `main.py` ~194-198), which only moves the per-modality columns (acc_head_*, rho)."""
 
     decomposes = True
 
@@ -134,7 +136,10 @@ class SumFusion(nn.Module):
 
     def forward(self, feat_a: torch.Tensor, feat_v: torch.Tensor) -> Outputs:
         logits_a, logits_v = self.fc_a(feat_a), self.fc_v(feat_v)
-        return Outputs(logits_a + logits_v, logits_a, logits_v, feat_a, feat_v)
+        fused = logits_a + logits_v
+        if not self.training:
+            logits_a, logits_v = logits_a - self.fc_a.bias / 2, logits_v - self.fc_v.bias / 2
+        return Outputs(fused, logits_a, logits_v, feat_a, feat_v)
 
 
 class FiLMFusion(nn.Module):
@@ -168,6 +173,22 @@ class GatedFusion(nn.Module):
         return Outputs(self.fc(gated), feat_a=feat_a, feat_v=feat_v)
 
 
+def init_linear(module: nn.Module, scheme: str) -> nn.Module:
+    """Initialise every Linear layer of `module` by `scheme` (the core key `linear_init`):
+    xavier: xavier-normal weights and zero bias, the `weight_init` that every script of the OGM-GE
+    lineage and AUG applies (OGM-GE `utils/utils.py` ~15-19, AUG `utils/utils.py` ~81-89);
+    pytorch: PyTorch's own default, left as it is. Draws from the global generator."""
+    if scheme == "xavier":
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.xavier_normal_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+    elif scheme != "pytorch":
+        raise ValueError(f"unknown linear_init {scheme!r}")
+    return module
+
+
 FUSIONS: dict[str, type[nn.Module]] = {
     "concat": ConcatFusion, "sum": SumFusion, "film": FiLMFusion, "gated": GatedFusion,
 }
@@ -195,6 +216,6 @@ def build_av_model(cfg: RunConfig, num_classes: int) -> AVModel:
     """The default model: two encoders of `cfg.encoder` and the `cfg.fusion` head."""
     audio = Encoder(build_encoder(cfg.encoder, 1, cfg.encoder_width), cfg.channels_last)
     visual = Encoder(build_encoder(cfg.encoder, 3, cfg.encoder_width), cfg.channels_last)
-    fusion = FUSIONS[cfg.fusion](audio.out_dim, visual.out_dim, num_classes)
+    fusion = init_linear(FUSIONS[cfg.fusion](audio.out_dim, visual.out_dim, num_classes), cfg.linear_init)
     model = AVModel(audio, visual, fusion)
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model

@@ -35,7 +35,8 @@ COMMON_HELP = {
     "root": "the dataset folder (else MMBENCH_DATA); not part of the run_id",
     "cache": "where prepared caches live (else MMBENCH_CACHE, else ~/.cache/mmbench); not part of the run_id",
     "layout": "on-disk layout (docs/layouts.md); auto detects it",
-    "audio_frontend": "ogm-stft (3 s, 257x188), aug-stft (20 s, 257x1250), fbank (Kaldi 1024x128), psd "
+    "audio_frontend": "ogm-stft (3 s, 257x188), aug-stft (20 s, 257x1250), aug-ks-stft (AUG's KS: 35.4 kHz "
+                      "10 s, 257x1003), fbank (Kaldi 1024x128), psd "
                       "(257x1004), stored (precomputed files); auto = stored files if the layout has them, "
                       "else the dataset's default",
     "video_fps": "candidate frames per second decoded from videos",

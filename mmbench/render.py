@@ -88,22 +88,34 @@ def _test_name(test: object) -> str:
 def _imbalance(report: Report) -> TextTable:
     frame = report.imbalance
     has_shapley = "shapley_a" in frame
+    has_gap = "d5_gap_a" in frame
     headers = ["dataset", "method", "n", "audio head", "visual head", "rho", "D3 audio logit share",
-               "D4 audio decides", "D4 excess audio"] + (["φ audio", "φ visual", "I"] if has_shapley else [])
+               "D4 audio decides", "D4 excess audio"] + (["φ audio", "φ visual", "I"] if has_shapley else []) \
+        + (["D5 audio gap (worst class)", "D5 visual gap (worst class)"] if has_gap else [])
     rows = []
     for r in frame.to_dict("records"):
         row = [r["dataset"], r["method"], str(r["n"]), _pm(r, "audio"), _pm(r, "visual"), num(r.get("rho"), 2),
                pp(r.get("d3_audio_logit"), 1), pp(r.get("d4_audio_decides"), 1), pp(r.get("d4_excess_audio"), 1)]
         if has_shapley:
             row += [pp(r.get("shapley_a")), pp(r.get("shapley_v")), num(r.get("imbalance_degree"), 2)]
+        if has_gap:
+            row += [_gap(r, "a"), _gap(r, "v")]
         rows.append(row)
     caption = ("Per-modality accuracy (%) of each modality's own logits in the fused model (± half the 95 % "
                "t-interval); rho = audio/visual true-class score ratio (1 = balanced); D3/D4 = decision-layer "
                "diagnostics: audio's share of the logit mass and of the audio-visual disagreements it decides.")
+    if has_gap:
+        caption += (" D5 = class-averaged accuracy of the modality's logits in the fused model minus that of a "
+                    "unimodal run of the same seed (pp; worst class in brackets).")
     if not has_shapley:
         caption += (" Shapley contributions need masked-modality evaluations, which these results do not store; "
                     "omitted.")
     return TextTable("Imbalance", headers, rows, set(), caption)
+
+
+def _gap(row: dict, m: str) -> str:
+    value = row.get(f"d5_gap_{m}")
+    return f"{pp(value, 1, sign=True)} ({pp(row.get(f'd5_worst_{m}'), 1, sign=True)})" if _finite(value) else "–"
 
 
 def _pm(row: dict, key: str) -> str:

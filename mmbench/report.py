@@ -78,7 +78,8 @@ def load_results(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for folder in folders:
         if not Path(folder).is_dir():
             raise ReportError(f"{folder}: no such results folder")
-        runs.append(read_runs(folder))
+        found = read_runs(folder)
+        runs.append(found.assign(results_folder=str(folder)) if not found.empty else found)
         epochs.append(read_epochs(folder))
     runs_df = pd.concat([r for r in runs if not r.empty], ignore_index=True) if any(not r.empty for r in runs) \
         else pd.DataFrame()
@@ -133,9 +134,13 @@ def build_report(runs: pd.DataFrame, epochs: pd.DataFrame, options: ReportOption
     main = main_table(runs, options, notes)
     across, friedman = across_datasets(main, runs, options, notes)
     order = {m: i for i, m in enumerate(_methods_in_order(runs, options.baseline))}
+    imbalance = imbalance_table(runs, options)
+    gaps = capability_table(runs, options, notes)
+    if not gaps.empty:
+        imbalance = imbalance.merge(gaps, on=["dataset", "method"], how="left")
     imbalance, protocol = (
         table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
-        .reset_index(drop=True) for table in (imbalance_table(runs, options), protocol_table(runs, options)))
+        .reset_index(drop=True) for table in (imbalance, protocol_table(runs, options)))
     return Report(options, runs, epochs, main, imbalance, protocol, across, friedman, notes)
 
 
@@ -236,6 +241,61 @@ def imbalance_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
             row["imbalance_degree"] = stats.imbalance_degree(row["shapley_a"], row["shapley_v"])
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["dataset"], kind="stable").reset_index(drop=True)
+
+
+def capability_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> pd.DataFrame:
+    """D5 capability gap (METHODS.md 5.2): per class, the accuracy of each modality's logits in the
+    fused model minus that of the separately trained `unimodal` run of the same dataset and seed, on
+    the same test samples; averaged over classes, then over seeds (mean and the worst class).
+    Needs the runs' prediction files; NaN, with a note, where no such unimodal run exists."""
+    if "results_folder" not in runs:
+        return pd.DataFrame()
+    selection = "final" if options.selection == "final" else "best_val"
+    unimodal = runs[runs["method"] == "unimodal"]
+    modality_of = unimodal["hp_modality"] if "hp_modality" in unimodal else pd.Series("", index=unimodal.index)
+    rows, missing = [], set()
+    for (dataset, method), cell in runs[runs["method"] != "unimodal"].groupby(["dataset", "variant"], sort=False):
+        row: dict[str, Any] = {"dataset": dataset, "method": method}
+        for m, modality in (("a", "audio"), ("v", "visual")):
+            gaps = []
+            for run in cell.itertuples():
+                ref = unimodal[(unimodal["dataset"] == dataset) & (unimodal["seed"] == run.seed)
+                               & (modality_of == modality)]
+                gap = _class_gaps(run, ref.iloc[0], m, selection) if len(ref) else None
+                if gap is None:
+                    missing.add((dataset, method))
+                else:
+                    gaps.append(gap)
+            per_class = np.nanmean(np.stack(gaps), axis=0) if gaps else np.array([math.nan])
+            row[f"d5_gap_{m}"] = float(np.nanmean(per_class)) if gaps else math.nan
+            row[f"d5_worst_{m}"] = float(np.nanmin(per_class)) if gaps else math.nan
+        rows.append(row)
+    if missing:
+        notes.append("D5 capability gap needs a `unimodal` run (--set modality=audio and =visual) of the same "
+                     "dataset and seed in the results; missing for " + ", ".join(f"{m} on {d}" for d, m in
+                                                                              sorted(missing)) + " (shown as –).")
+    return pd.DataFrame(rows)
+
+
+def _class_gaps(run: Any, ref: Any, m: str, selection: str) -> np.ndarray | None:
+    """Per-class D5 of one run's modality m against one unimodal run, or None when either has no
+    predictions of that modality or their test samples differ."""
+    def preds(row: Any) -> pd.DataFrame:
+        path = Path(row.results_folder) / f"dataset={row.dataset}" / f"method={row.method}" / \
+            f"{row.run_id}.preds.parquet"
+        if not path.is_file():
+            return pd.DataFrame()
+        table = pd.read_parquet(path, columns=["selection", "sample_id", "y", "pred", f"pred_{m}"])
+        return table[table["selection"] == selection]
+    own, alone = preds(run), preds(ref)
+    if own.empty or alone.empty or (own[f"pred_{m}"] < 0).any():
+        return None
+    joined = own.merge(alone[["sample_id", "pred"]], on="sample_id", suffixes=("", "_unimodal"))
+    if len(joined) != len(own):
+        return None
+    num_classes = int(max(own["y"].max(), joined["pred_unimodal"].max(), own[f"pred_{m}"].max())) + 1
+    return stats.capability_gap(joined[f"pred_{m}"].to_numpy(), joined["pred_unimodal"].to_numpy(),
+                                  joined["y"].to_numpy(), num_classes)
 
 
 def protocol_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:

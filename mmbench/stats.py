@@ -521,3 +521,18 @@ def non_inferiority(current: ArrayLike, reference: ArrayLike, sigma_floor: float
     critical = float(stats.t.ppf(1 - alpha, df))
     mde = (critical + float(stats.t.ppf(0.8, df))) * scale
     return NonInferiority(n, n_ref, delta, sigma, t, critical * scale, p, bool(p < alpha), mde)
+
+
+def per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Accuracy on the samples of each class (NaN for a class without samples)."""
+    correct = np.bincount(y, weights=(pred == y).astype(float), minlength=num_classes)
+    total = np.bincount(y, minlength=num_classes).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def capability_gap(pred_head: np.ndarray, pred_unimodal: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """D5 (METHODS.md 5.2) per class: accuracy of one modality's logits inside the fused model minus
+    the accuracy of a separately trained unimodal model of that modality, on the same test samples.
+    Negative: the fused model uses less of the modality than the modality alone can give."""
+    return per_class_accuracy(pred_head, y, num_classes) - per_class_accuracy(pred_unimodal, y, num_classes)

@@ -9,9 +9,12 @@ import pytest
 import torch
 from scipy import stats
 
+from mmbench.config import resolve
 from mmbench.methods.arm import (
     ARMModel,
+    contribution_scores,
     contributions,
+    fusion_weights,
     normalized_conditional_mutual_information,
     normalized_mutual_information,
 )
@@ -80,16 +83,114 @@ def test_conditional_nmi_matches_numpy_and_known_binary_cases():
     assert normalized_conditional_mutual_information(bits, bits, bits, 2) == 0.0
 
 
-def test_contributions_by_hand():
+# Official source: Gao-xiyuan/ARM, mmpretrain/models/necks/MI_tool.py and heads/linear_head.py.
+# Worked example (every value below derived by hand): four points (x, y, z) =
+# (0,0,0), (0,1,0), (1,1,1), (1,1,0); two bins per axis ([0, .5), [.5, 1]), so each point is its
+# own cell and p(x,y,z) = 1/4 on those four cells.
+#   p(x,z): (0,0) 1/2, (1,0) 1/4, (1,1) 1/4;  p(y,z): (0,0) 1/4, (1,0) 1/2, (1,1) 1/4;  p(z) = (3/4, 1/4)
+X, Y, Z = [0.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]
+
+
+def _plogp(*probs: float) -> float:
+    return sum(p * math.log(p) for p in probs if p > 0)
+
+
+def test_official_conditional_nmi_reproduces_the_released_broadcast_by_hand():
+    """MI_tool.py ~35-41: `joint / z_prob[:, None, None]`. For a 2-D (x, z) table that divides every
+    cell by every z-bin; for the 3-D joint it divides p(i, j, k) by p_z[i] (the x index)."""
+    # H(X|Z) as released: cells {1/2, 1/4, 1/4} over z-bin 0 (3/4) and z-bin 1 (1/4)
+    h_x_z = -(_plogp(2 / 3, 1 / 3, 1 / 3) + _plogp(2, 1, 1))
+    h_y_z = h_x_z  # p(y,z) holds the same three values
+    # H(X,Y|Z) as released: p = 1/4 at (0,0,0), (0,1,0) over p_z[0] = 3/4; at (1,1,1), (1,1,0) over p_z[1] = 1/4
+    h_xy_z = -_plogp(1 / 3, 1 / 3, 1, 1)
+    expected = (h_x_z + h_y_z - h_xy_z) / (h_x_z + h_y_z)
+    assert expected == pytest.approx(1.9547104, abs=1e-6)  # far above 1: not a normalised information
+    got = normalized_conditional_mutual_information(X, Y, Z, bins=2, estimator="official")
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_corrected_conditional_nmi_is_the_plug_in_estimate_by_hand():
+    h_z = -_plogp(3 / 4, 1 / 4)
+    h_x_z = -_plogp(1 / 2, 1 / 4, 1 / 4) - h_z
+    h_y_z = h_x_z
+    h_xy_z = math.log(4) - h_z
+    expected = (h_x_z + h_y_z - h_xy_z) / (h_x_z + h_y_z)
+    assert expected == pytest.approx(0.1370088, abs=1e-6)
+    assert normalized_conditional_mutual_information(X, Y, Z, bins=2) == pytest.approx(expected, rel=1e-12)
+
+
+def test_nmi_by_hand_on_two_bins():
+    """x = (0,0,1,1), y = (0,1,1,1): p(0,0) = p(0,1) = 1/4, p(1,1) = 1/2; p_x = (1/2, 1/2), p_y = (1/4, 3/4)."""
+    mi = (0.25 * math.log(0.25 / (0.5 * 0.25)) + 0.25 * math.log(0.25 / (0.5 * 0.75))
+          + 0.5 * math.log(0.5 / (0.5 * 0.75)))
+    h_x, h_y = math.log(2), -_plogp(0.25, 0.75)
+    assert normalized_mutual_information(X, Y, bins=2) == pytest.approx(2 * mi / (h_x + h_y), rel=1e-12)
+
+
+def test_contributions_cross_the_confidences_as_released():
+    """linear_head.py ~78-79: pcmi_a = P_f NMI_a + P_v II_a, pcmi_v = P_f NMI_v + P_a II_v
+    (`prediction[1]` is fc(img), `prediction[2]` fc(audio))."""
+    c_a, c_v = contribution_scores(nmi_a=0.4, nmi_v=0.3, ncmi_a=1.0, ncmi_v=0.9, p_fused=0.6, p_a=0.5, p_v=0.2)
+    assert c_a == pytest.approx(0.6 * 0.4 + 0.2 * (0.4 - 1.0))  # 0.12
+    assert c_v == pytest.approx(0.6 * 0.3 + 0.5 * (0.3 - 0.9))  # -0.12
     g = torch.Generator().manual_seed(3)
     feat_a, feat_v, probe = (torch.randn(16, 8, generator=g) for _ in range(3))
-    c_a, c_v = contributions(feat_a, feat_v, probe, p_fused=0.6, p_a=0.5, p_v=0.2)
-    nmi_a = normalized_mutual_information(feat_a, probe, 30)
-    nmi_v = normalized_mutual_information(feat_v, probe, 30)
-    ii_a = nmi_a - normalized_conditional_mutual_information(feat_a, probe, feat_v, 2)
-    ii_v = nmi_v - normalized_conditional_mutual_information(feat_v, probe, feat_a, 2)
-    assert c_a == pytest.approx(0.6 * nmi_a + 0.5 * ii_a)
-    assert c_v == pytest.approx(0.6 * nmi_v + 0.2 * ii_v)
+    for estimator in ("official", "corrected"):
+        c_a, c_v = contributions(feat_a, feat_v, probe, p_fused=0.6, p_a=0.5, p_v=0.2, estimator=estimator)
+        nmi_a = normalized_mutual_information(feat_a, probe, 30)
+        nmi_v = normalized_mutual_information(feat_v, probe, 30)
+        ii_a = nmi_a - normalized_conditional_mutual_information(feat_a, probe, feat_v, 2, estimator)
+        ii_v = nmi_v - normalized_conditional_mutual_information(feat_v, probe, feat_a, 2, estimator)
+        assert c_a == pytest.approx(0.6 * nmi_a + 0.2 * ii_a)
+        assert c_v == pytest.approx(0.6 * nmi_v + 0.5 * ii_v)
+
+
+def test_official_estimator_gives_negative_contributions_on_feature_like_batches():
+    """The released NCMI is about 1 on real features while the plug-in one is about 1e-4, so the
+    official contributions are negative and the weight ratio follows P_v / P_a."""
+    g = torch.Generator().manual_seed(0)
+    feat_a, feat_v = torch.relu(torch.randn(64, 64, generator=g)), 0.5 * torch.relu(torch.randn(64, 64, generator=g))
+    probe = 0.1 * torch.randn(64, 64, generator=g) + 0.3 * torch.cat([feat_v, feat_a], 1)[:, ::2]
+    assert normalized_conditional_mutual_information(feat_a, probe, feat_v, 2, "official") == pytest.approx(1, abs=0.05)
+    assert normalized_conditional_mutual_information(feat_a, probe, feat_v, 2, "corrected") < 0.01
+    c_a, c_v = contributions(feat_a, feat_v, probe, 0.3, 0.25, 0.2, estimator="official")
+    assert c_a < 0 and c_v < 0
+    c_a, c_v = contributions(feat_a, feat_v, probe, 0.3, 0.25, 0.2, estimator="corrected")
+    assert c_a > 0 and c_v > 0
+
+
+@pytest.mark.parametrize("c_a, c_v, expected", [
+    (-0.03, -0.02, (1.5, 0.02 / 0.03, False)),   # negative contributions pass as the code uses them
+    (0.4, 0.2, (2.0, 0.5, False)),
+    (0.5, 0.0, (10.0, 0.1, True)),                # zero c_v: the cap, by the sign of c_a
+    (0.5, -0.01, (-10.0, -0.1, True)),            # |ratio| 50 clamped, sign kept
+    (0.001, 0.5, (0.1, 10.0, True)),
+    (0.0, 0.0, (1.0, 1.0, True)),
+])
+def test_fusion_weights_guard_keeps_the_sign_and_only_acts_out_of_range(c_a, c_v, expected):
+    w_v, w_a, guarded = fusion_weights(c_a, c_v, 10.0)
+    assert (w_v, w_a) == pytest.approx(expected[:2]) and guarded == expected[2]
+
+
+def test_fusion_weights_without_guard_divide_as_released():
+    assert fusion_weights(-0.03, 0.01, 0) == pytest.approx((-3.0, -1 / 3, False))
+    assert math.isinf(fusion_weights(0.5, 0.0, 0)[0])
+
+
+def test_head_init_is_normal_001_and_the_probe_keeps_pytorch_default():
+    torch.manual_seed(0)
+    model = ARMModel(Encoder(SmallCNN(1, 64)), Encoder(SmallCNN(3, 64)), 31)
+    for layer in (model.head, model.fc):
+        assert layer.weight.std().item() == pytest.approx(0.01, rel=0.05)
+        assert torch.count_nonzero(layer.bias) == 0
+    bound = 1 / math.sqrt(model.probe.in_features)  # PyTorch's default: U(-1/sqrt(fan_in), ...)
+    weight = model.probe.weight
+    assert weight.abs().max().item() <= bound and weight.std().item() > 0.5 * bound / math.sqrt(3)
+
+
+def test_official_profile_selects_the_official_estimator():
+    assert resolve("arm", "cremad", profile="official").hparams["estimator"] == "official"
+    assert resolve("arm", "cremad").hparams["estimator"] == "corrected"
 
 
 def test_reweighting_amplifies_the_weaker_modality_and_splits_like_concat():
@@ -117,4 +218,12 @@ def test_training_reweights_per_batch_and_inference_uses_epoch_means_without_lab
     first, second = method.predict(model, batch, ctx), method.predict(model, shuffled, ctx)
     torch.testing.assert_close(first.logits, second.logits)  # labels play no part at inference
     assert model.weights == pytest.approx((c_a / c_v, c_v / c_a))
+    assert "guarded" in logs and "weight_v" in logs
     assert all(p.grad is None for p in model.probe.parameters())  # the probe is never trained
+
+
+def test_official_estimator_trains_with_negative_contributions():
+    _, model, ctx = train_steps(tiny_config("arm", estimator="official"), 3)
+    logs = ctx.pop_epoch_logs()
+    assert logs["c_a"] < 0 and logs["c_v"] < 0
+    assert logs["weight_v"] > 0  # the ratio of two negatives, used as it is

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbench import engine
+from mmbench.config import resolve
 from mmbench.methods.aug import assign_head, boosting_loss, is_check_epoch, residual_target
 from mmbench.results import read_epochs, read_preds, run_paths
 
@@ -40,6 +41,26 @@ def test_boosting_loss_by_hand():
                                              (1.0101, "v"), (0.9899, "a")])
 def test_assignment_rule_with_dead_zone(ratio, expected):
     assert assign_head(ratio, sigma=1.0, dead_zone=0.01) == expected
+
+
+def test_official_profile_uses_the_official_audio_input_and_schedule_timing():
+    """NeurIPS25-AUG dataset/CREMA.py ~62-67 tiles the waveform 20x and cuts 20 s; the historical
+    dataset/KS.py (966dbf5) loads at 35.4 kHz and keeps 10 s; train_CREMAD.py ~210-212 steps the
+    scheduler at the start of each epoch."""
+    cremad = resolve("aug", "cremad", profile="official")
+    ks = resolve("aug", "kinetics-sounds", profile="official")
+    assert cremad.data["audio_frontend"] == "aug-stft" and ks.data["audio_frontend"] == "aug-ks-stft"
+    assert cremad.lr_step_at == ks.lr_step_at == "epoch_start"
+    benchmark = resolve("aug", "cremad")
+    assert benchmark.data["audio_frontend"] == "auto" and benchmark.lr_step_at == "epoch_end"
+
+
+def test_shared_output_layer_gets_the_lineage_init():
+    """AUG utils/utils.py ~81-89: xavier-normal weights and zero bias on every Linear (fc_out too)."""
+    _, model, _ = train_steps(tiny_config("aug"), 0)
+    assert torch.count_nonzero(model.fc_out.bias) == 0
+    fan_out, fan_in = model.fc_out.weight.shape
+    assert model.fc_out.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.25)
 
 
 def test_check_schedule_matches_the_official_code():
@@ -107,3 +128,23 @@ def test_aug_raises_the_slow_modality_and_the_fused_accuracy_on_synthetic(synthe
         joint, aug = synthetic_run("joint", seed), synthetic_run("aug", seed)
         assert aug["best_val_acc_head_v"] > joint["best_val_acc_head_v"] + 0.1, f"seed {seed}"
         assert aug["best_val_acc"] > joint["best_val_acc"], f"seed {seed}"
+
+
+def test_the_idle_branch_takes_exactly_one_sgd_step_per_batch():
+    """AUG train_CREMAD.py ~47-89: audio step, zero_grad, visual step. On PyTorch >= 2 zero_grad sets
+    the gradients to None, so the visual step leaves the audio encoder alone: after one batch each
+    audio weight is p - lr (g + wd p) (SGD's first step, momentum buffer = g + wd p). Under the
+    PyTorch 1.11 semantics the code was written for, the visual step would move it a second time
+    by lr (0.9 (g + wd p) + wd p'), which mmbench does not reproduce (documented departure)."""
+    import copy
+
+    lr, wd = 0.05, 0.01
+    cfg = tiny_config("aug", lr=lr, weight_decay=wd, momentum=0.9)
+    _, model, ctx = train_steps(cfg, 0)
+    batch = next(iter(ctx.train.batches(cfg.batch_size)))
+    reference = copy.deepcopy(model)
+    boosting_loss(reference.head_logits("a", batch.audio), batch.y, 0.5).backward()
+    expected = {name: (p - lr * (p.grad + wd * p)).detach() for name, p in reference.audio_encoder.named_parameters()}
+    ctx.method.train_step(model, batch, ctx.optimizer, ctx)
+    for name, p in model.audio_encoder.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-6, msg=name)

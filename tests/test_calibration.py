@@ -36,11 +36,22 @@ def test_decision_layer_diagnostics_by_hand():
     assert (swapped["d4_audio_right_share"], swapped["d4_excess_audio"]) == (0.0, 1.0)
 
 
+def test_per_class_weight_norm_ratio_by_hand():
+    """METHODS.md 5.2 D1 per class: ||W_a[c]||_2 / ||W_v[c]||_2."""
+    w_a = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])  # row norms 5, 1, 2
+    w_v = torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.6, 0.8]])  # row norms 1, 2, 1
+    logits = torch.zeros(2, 3)
+    d = decision_layer_diagnostics(logits, logits, logits, torch.tensor([0, 1]), weights=(w_a, w_v))
+    assert [d[f"d1_class_{c}"] for c in range(3)] == pytest.approx([5.0, 0.5, 2.0])
+    assert d["d1_weight_norm_ratio"] == pytest.approx(math.sqrt(30) / math.sqrt(6))
+
+
 def test_every_run_stores_the_diagnostics_at_each_epoch_and_selection(tmp_path):
     engine.run(tiny_config("joint"), tmp_path)
     row = read_runs(tmp_path).iloc[0]
     epochs = read_epochs(tmp_path)
-    for name in ("d1_weight_norm_ratio", "d2_feature_norm_ratio", "d3_logit_share_a", "d4_audio_decides"):
+    for name in ("d1_weight_norm_ratio", "d1_class_0", "d1_class_5", "d2_feature_norm_ratio", "d3_logit_share_a",
+                 "d4_audio_decides"):
         assert math.isfinite(row[f"final_{name}"]) and math.isfinite(row[f"best_val_{name}"]), name
         assert epochs[f"test_{name}"].notna().all(), name
 

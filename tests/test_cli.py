@@ -28,6 +28,19 @@ def test_list_shows_methods_datasets_citations_and_defaults():
     assert "joint" in methods_only.output and "n_train=" not in methods_only.output
 
 
+def test_list_names_what_the_official_profile_reproduces():
+    from mmbench.cli import _describe_knobs
+    from mmbench.registry import METHODS
+
+    cells = {name: _describe_knobs(cls, cls.hparams) for name, cls in METHODS.items()}
+    assert "estimator=corrected (official|corrected)" in cells["arm"]
+    assert "--profile official also sets: estimator=official" in cells["arm"]
+    assert "theta_grad=none (none|official)" in cells["opm"] and "sets: theta_grad=official" in cells["opm"]
+    assert "sets: ge=True" in cells["ogm"]
+    assert "audio_frontend=aug-stft (cremad), aug-ks-stft (kinetics-sounds); lr_step_at=epoch_start" in cells["aug"]
+    assert "arm" in invoke("list", "methods").output
+
+
 def test_list_rejects_an_unknown_kind():
     result = invoke("list", "model")
     assert result.exit_code == 2 and "choose methods, datasets or all" in result.output

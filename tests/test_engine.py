@@ -16,7 +16,7 @@ from mmbench import engine
 from mmbench.data import carve_validation
 from mmbench.method import Method
 from mmbench.registry import DATASETS, METHODS
-from mmbench.results import read_preds, read_runs, run_paths
+from mmbench.results import read_epochs, read_preds, read_runs, run_paths
 
 from .conftest import tiny_config
 
@@ -72,8 +72,10 @@ class StopAfter(engine.Reporter):
             raise KeyboardInterrupt
 
 
-def test_resume_after_interruption_gives_the_identical_result(tmp_path):
-    cfg = tiny_config(epochs=4)
+@pytest.mark.parametrize("settings", [{}, {"method": "aug", "lr_step_at": "epoch_start", "lr_step": 2}])
+def test_resume_after_interruption_gives_the_identical_result(tmp_path, settings):
+    settings = dict(settings)
+    cfg = tiny_config(settings.pop("method", "joint"), epochs=4, **settings)
     reference = engine.run(cfg, tmp_path / "ref")
     with pytest.raises(KeyboardInterrupt):
         engine.run(cfg, tmp_path / "cut", StopAfter(epoch=1))
@@ -96,6 +98,7 @@ def test_resume_after_interruption_gives_the_identical_result(tmp_path):
     ref_epochs = pq.read_table(run_paths(tmp_path / "ref", cfg).epochs).to_pandas()
     cut_epochs = pq.read_table(paths.epochs).to_pandas()
     assert ref_epochs["train_loss"].tolist() == cut_epochs["train_loss"].tolist()
+    assert ref_epochs["lr"].tolist() == cut_epochs["lr"].tolist()
 
 
 @pytest.mark.slow
@@ -290,3 +293,14 @@ def test_modality_ablation_gives_shapley_contributions(out):
                                              + (row[f"{selection}_acc"] - row[f"{selection}_acc_mask_a"])))
         assert phi_a > phi_v
         assert 0 <= row[f"{selection}_imbalance_degree"] <= 1
+
+
+@pytest.mark.parametrize("step_at, expected", [("epoch_end", [1.0, 1.0, 0.1, 0.1]),
+                                               ("epoch_start", [1.0, 0.1, 0.1, 0.01])])
+def test_lr_step_at_moves_each_decay_one_epoch_earlier(tmp_path, step_at, expected):
+    """AUG's loop calls scheduler.step() before each epoch (train_CREMAD.py ~210-212): with
+    StepLR(step) the decays fall on epochs step-1, 2*step-1, ... instead of step, 2*step, ..."""
+    cfg = tiny_config(epochs=4, lr=0.01, lr_gamma=0.1, lr_step=2, lr_step_at=step_at, n_train=64, n_test=32)
+    engine.run(cfg, tmp_path)
+    lrs = read_epochs(tmp_path).sort_values("epoch")["lr"].tolist()
+    assert lrs == pytest.approx([0.01 * f for f in expected])

@@ -141,11 +141,12 @@ def test_frontend_shape_and_dtype(name: str, seconds: float) -> None:
 
 
 def test_frontend_declarations() -> None:
-    assert set(FRONTENDS) == {"ogm-stft", "aug-stft", "fbank", "psd"}
+    assert set(FRONTENDS) == {"ogm-stft", "aug-stft", "aug-ks-stft", "fbank", "psd"}
     got = {name: (f.name, f.sample_rate, f.shape) for name, f in FRONTENDS.items()}
     assert got == {
         "ogm-stft": ("ogm-stft", 22050, (257, 188)),
         "aug-stft": ("aug-stft", 22050, (257, 1250)),
+        "aug-ks-stft": ("aug-ks-stft", 35400, (257, 1003)),
         "fbank": ("fbank", 16000, (1024, 128)),
         "psd": ("psd", 22050, (257, 1004)),
     }
@@ -174,6 +175,19 @@ def test_ogm_stft_matches_hand_computed_reference() -> None:
     ref = numpy_log_stft(x)
     assert ref.shape == (257, 188)
     np.testing.assert_allclose(FRONTENDS["ogm-stft"](clip), ref, atol=1e-4, rtol=0)
+
+
+def test_aug_ks_stft_doubles_until_ten_seconds_then_cuts() -> None:
+    """AUG's historical KS loader (dataset/KS.py ~97-107, commit 966dbf5): load at 35,400 Hz, double
+    the clip (np.tile(x, 2)) while it is shorter than 10 s, keep the first 354,000 samples, clip."""
+    clip = sine(3.0, 35400, amplitude=1.3)
+    doubled = clip
+    while doubled.size / 35400 < 10.0:
+        doubled = np.tile(doubled, 2)  # 3 s -> 6 s -> 12 s
+    x = np.clip(doubled[:354000], -1, 1)
+    ref = numpy_log_stft(x)
+    assert ref.shape == (257, 1003)
+    np.testing.assert_allclose(FRONTENDS["aug-ks-stft"](clip), ref, atol=1e-4, rtol=0)
 
 
 def test_stft_tiling_and_cutting() -> None:

@@ -37,6 +37,39 @@ def test_sum_fusion_logits_are_the_two_heads_added():
     torch.testing.assert_close(out.logits, fusion.fc_a(f_a) + fusion.fc_v(f_v))
 
 
+def test_sum_fusion_evaluates_each_modality_with_half_its_bias():
+    """OGM-GE main.py: train() scores use fc_x(a) with the full bias (~82-86), valid() evaluates
+    each modality with bias / 2 (~194-198); the fused logits are the same in both."""
+    fusion = SumFusion(3, 2, 4)
+    with torch.no_grad():
+        fusion.fc_a.bias.copy_(torch.tensor([1.0, -2.0, 0.5, 0.0]))
+        fusion.fc_v.bias.copy_(torch.tensor([0.0, 4.0, -1.0, 2.0]))
+    f_a, f_v = torch.randn(5, 3), torch.randn(5, 2)
+    train_out = fusion.train()(f_a, f_v)
+    eval_out = fusion.eval()(f_a, f_v)
+    torch.testing.assert_close(eval_out.logits, train_out.logits)
+    torch.testing.assert_close(eval_out.logits_a, f_a @ fusion.fc_a.weight.T + torch.tensor([0.5, -1.0, 0.25, 0.0]))
+    torch.testing.assert_close(eval_out.logits_v, f_v @ fusion.fc_v.weight.T + torch.tensor([0.0, 2.0, -0.5, 1.0]))
+    torch.testing.assert_close(train_out.logits_v, fusion.fc_v(f_v))
+
+
+@pytest.mark.parametrize("fusion", ["concat", "sum", "film", "gated"])
+def test_linear_init_xavier_normal_zero_bias_by_default(fusion):
+    """OGM-GE utils/utils.py ~15-19 (and AUG utils/utils.py ~81-89): every nn.Linear gets
+    xavier_normal_ weights (std = sqrt(2 / (fan_in + fan_out))) and a zero bias."""
+    torch.manual_seed(0)
+    model = build_av_model(tiny_config(fusion=fusion, encoder_width=64), 31)
+    layers = [m for m in model.fusion.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape
+        assert layer.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.1)
+        assert torch.count_nonzero(layer.bias) == 0
+    torch.manual_seed(0)
+    default = build_av_model(tiny_config(fusion=fusion, encoder_width=64, linear_init="pytorch"), 31)
+    assert all(torch.count_nonzero(m.bias) > 0 for m in default.fusion.modules() if isinstance(m, torch.nn.Linear))
+
+
 @pytest.mark.parametrize("fusion_cls", [FiLMFusion, GatedFusion])
 def test_film_and_gated_do_not_decompose(fusion_cls):
     out = fusion_cls(3, 2, 4)(torch.randn(5, 3), torch.randn(5, 2))

@@ -10,6 +10,7 @@ from scipy import stats
 from torch import nn
 
 from mmbench import engine
+from mmbench.config import resolve
 from mmbench.data import Batch
 from mmbench.method import RunContext
 from mmbench.methods.ogm import modulate_gradients, modulated_parameters, modulation_coefficients
@@ -30,6 +31,25 @@ from .conftest import tiny_config, train_steps
 ])
 def test_modulation_coefficients_by_hand(s_a, s_v, alpha, expected):
     assert modulation_coefficients(s_a, s_v, alpha) == pytest.approx(expected)
+
+
+def test_exact_tie_follows_each_codes_else_branch():
+    """CVPR main.py ~119-124: `if ratio_v > 1: slow v else: slow a` -> a tie slows audio.
+    BML_TPAMI2024 code/main.py ~138-148: `if radio_1 > 1: slow audio else: slow visual` -> a tie
+    slows visual, k = 1 - tanh(alpha * relu(radio_2)) with radio_2 = 1."""
+    k = 1 - math.tanh(0.8)
+    assert modulation_coefficients(2.0, 2.0, 0.8, tie_slows="audio") == pytest.approx((k, 1.0))
+    assert modulation_coefficients(2.0, 2.0, 0.8, tie_slows="visual") == pytest.approx((1.0, k))
+    assert METHODS.get("ogm-ge").tie_slows == "audio" and METHODS.get("ogm").tie_slows == "visual"
+    # away from a tie the two rules agree
+    assert modulation_coefficients(2.0, 1.0, 0.8, "visual") == modulation_coefficients(2.0, 1.0, 0.8, "audio")
+
+
+def test_journal_official_profile_runs_with_ge_noise():
+    """BML_TPAMI2024 code/main.py ~36: `--modulation` defaults to OGM_GE and train_ogm.sh keeps it."""
+    for dataset in ("cremad", "kinetics-sounds"):
+        assert resolve("ogm", dataset, profile="official").hparams["ge"] is True
+        assert resolve("ogm", dataset).hparams["ge"] is False
 
 
 def test_coefficient_literal_value():

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from mmbench import engine
+from mmbench.config import resolve
 from mmbench.data import Batch
 from mmbench.method import RunContext
 from mmbench.methods.opm import drop_features, drop_probabilities
@@ -129,6 +130,60 @@ def test_executed_fraction_follows_p_exe():
         method.forward(model, batch, ctx)
     executed = ctx.pop_epoch_logs()["executed"]
     assert stats.binomtest(round(executed * 400), 400, 0.7).pvalue > 0.001
+
+
+def _two_sample_gradients(theta_grad):
+    """Gradients w.r.t. the features of one executed OPM step on a fixed 2-sample batch."""
+    f_a = torch.tensor([[1.0], [0.5]], requires_grad=True)
+    f_v = torch.tensor([[0.4], [-0.6]], requires_grad=True)
+    fusion = ConcatFusion(1, 1, 2)
+    with torch.no_grad():
+        fusion.fc.weight.copy_(torch.tensor([[2.0, 0.5], [-1.0, 0.3]]))  # columns: audio, visual
+        fusion.fc.bias.copy_(torch.tensor([0.2, -0.2]))
+    model = AVModel(FixedEncoder("a"), FixedEncoder("v"), fusion)
+    method, ctx = _opm(epoch=1, warmup_epochs=0, p_exe=1.0, theta_grad=theta_grad)
+    batch = Batch(f_a, f_v, torch.tensor([0, 1]), torch.arange(2))
+    out = method.forward(model, batch, ctx)
+    loss = method.loss(out, batch, ctx)
+    loss.backward()
+    return f_a.grad.clone(), f_v.grad.clone(), loss.detach(), method.theta
+
+
+def test_official_theta_gradient_by_hand_on_two_samples():
+    """BML_TPAMI2024 code/models/Classifier.py ~16-21: `backward` returns theta as theta's gradient;
+    theta = (d_a q_a + d_v q_v) / (d_a + d_v) (~39-41), q from calcu_q (~58-72), the scores from the
+    un-detached features through detached fusion weights (~112-147). So each feature gets an extra
+    theta * dtheta/dfeature. Hand derivation (2 classes: p = sigmoid(z_y - z_other)):
+      audio  z_a = f_a w_a + b/2, w_a = (2, -1): margins d = 3 f_a (y=0), -3 f_a (y=1) -> 3.2, -1.7
+      visual z_v = f_v w_v + b/2, w_v = (.5, .3): margins 0.2 f_v + 0.4 (y=0), -0.2 f_v - 0.4 (y=1)
+      s_m = sum_i sigmoid(d_i); u = s_a / s_v - 1 > 0, q_a = .5 (1 + .5 tanh u), q_v = 0, theta = q_a / 2
+      dtheta/df_a,i = .5 * .25 sech^2(u) / s_v * sigma'(d_i) * (+-3)
+      dtheta/df_v,i = .5 * .25 sech^2(u) * (-s_a / s_v^2) * sigma'(d_i) * (+-0.2)"""
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
+    d_a, d_v = (3.2, -1.7), (0.28, -0.08)
+    s_a, s_v = sum(map(sig, d_a)), sum(map(sig, d_v))
+    u = s_a / s_v - 1
+    theta = 0.5 * (1 + 0.5 * math.tanh(u)) / 2
+    common = 0.5 * 0.25 / math.cosh(u) ** 2
+    dtheta_a = [common / s_v * sig(d) * (1 - sig(d)) * slope for d, slope in zip(d_a, (3.0, -3.0), strict=True)]
+    dtheta_v = [common * (-s_a / s_v**2) * sig(d) * (1 - sig(d)) * slope
+                for d, slope in zip(d_v, (0.2, -0.2), strict=True)]
+
+    grad_a, grad_v, loss, method_theta = _two_sample_gradients("official")
+    plain_a, plain_v, plain_loss, no_theta = _two_sample_gradients("none")
+    assert no_theta is None and float(method_theta.detach()) == pytest.approx(theta, rel=1e-5)
+    torch.testing.assert_close(loss, plain_loss)  # the added term has value 0
+    torch.testing.assert_close((grad_a - plain_a).flatten(), torch.tensor([theta * g for g in dtheta_a]),
+                               rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close((grad_v - plain_v).flatten(), torch.tensor([theta * g for g in dtheta_v]),
+                               rtol=1e-4, atol=1e-8)
+
+
+def test_official_profile_reproduces_the_theta_gradient():
+    assert resolve("opm", "kinetics-sounds", profile="official").hparams["theta_grad"] == "official"
+    assert resolve("opm", "cremad").hparams["theta_grad"] == "none"
 
 
 @pytest.mark.slow

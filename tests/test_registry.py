@@ -176,9 +176,6 @@ def test_entry_points_are_discovered(monkeypatch):
 
 
 # Input-pipeline knobs that every real dataset adapter takes under these names.
-PIPELINE_KNOBS = {"frames", "image_size"}
-
-
 @pytest.mark.parametrize("method", METHODS.names())
 def test_profiles_and_dataset_defaults_use_known_keys(method):
     from mmbench.config import CORE_FIELDS
@@ -187,7 +184,7 @@ def test_profiles_and_dataset_defaults_use_known_keys(method):
     for profile, per_dataset in cls.profiles.items():
         assert profile in ("benchmark", "official")
         for dataset, values in per_dataset.items():
-            unknown = set(values) - set(CORE_FIELDS) - PIPELINE_KNOBS - set(cls.hparams)
+            unknown = set(values) - set(CORE_FIELDS) - set(DATASETS.get(dataset).params) - set(cls.hparams)
             assert not unknown, f"{method} {profile} profile for {dataset}: unknown keys {unknown}"
     for dataset, values in cls.dataset_hparams.items():
         assert set(values) <= set(cls.hparams), f"{method} per-dataset values for {dataset}"

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mmbench.cli import app
 from mmbench.report import ReportOptions, build_report, load_results
-from mmbench.stats import holm
+from mmbench.stats import capability_gap, holm
 
 from .conftest import TINY
 
@@ -181,3 +181,43 @@ def test_report_errors_are_one_line(results, tmp_path):
     paper = runner.invoke(app, ["report", str(results), "--selection", "paper", "--metric", "map",
                                 "--out", str(tmp_path / "r")])
     assert paper.exit_code == 2 and "acc only" in " ".join(paper.output.split())
+
+
+def test_capability_gap_by_hand():
+    """D5 per class: accuracy of the modality's logits in the fused model minus the unimodal run's."""
+    y = np.array([0, 0, 1, 1, 2])
+    head = np.array([0, 1, 1, 1, 0])      # class 0: 1/2, class 1: 2/2, class 2: 0/1
+    alone = np.array([0, 0, 1, 0, 2])     # class 0: 2/2, class 1: 1/2, class 2: 1/1
+    gap = capability_gap(head, alone, y, 4)
+    np.testing.assert_allclose(gap[:3], [-0.5, 0.5, -1.0])
+    assert np.isnan(gap[3])  # no test sample of class 3
+
+
+def test_report_shows_d5_against_unimodal_runs_of_the_same_seed(tmp_path):
+    out = tmp_path / "results"
+    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    for method, extra in (("joint", []), ("unimodal", ["--set", "modality=audio"]),
+                          ("unimodal", ["--set", "modality=visual"])):
+        result = runner.invoke(app, ["run", "-m", method, "--seeds", "0", "--out", str(out), *sets, *extra])
+        assert result.exit_code == 0, result.output
+    runs, epochs = load_results([out])
+    report = build_report(runs, epochs, ReportOptions())
+    row = report.imbalance.set_index("method").loc["joint"]
+    preds = pd.read_parquet(next(out.glob("dataset=synthetic/method=joint/*.preds.parquet")))
+    preds = preds[preds["selection"] == "best_val"]
+    for m, modality in (("a", "audio"), ("v", "visual")):
+        uni_id = runs[(runs["method"] == "unimodal") & (runs["hp_modality"] == modality)]["run_id"].item()
+        alone = pd.read_parquet(out / "dataset=synthetic/method=unimodal" / f"{uni_id}.preds.parquet")
+        alone = alone[alone["selection"] == "best_val"].set_index("sample_id").loc[preds["sample_id"]]
+        per_class = [(preds[f"pred_{m}"][preds["y"] == c] == c).mean() - (alone["pred"][alone["y"] == c] == c).mean()
+                     for c in range(6)]
+        assert row[f"d5_gap_{m}"] == pytest.approx(np.mean(per_class))
+        assert row[f"d5_worst_{m}"] == pytest.approx(min(per_class))
+    assert not any("D5" in note for note in report.notes)
+
+
+def test_d5_is_missing_with_a_note_without_unimodal_runs(results):
+    runs, epochs = load_results([results])
+    report = build_report(runs, epochs, ReportOptions())
+    assert report.imbalance["d5_gap_a"].isna().all()
+    assert any("D5 capability gap needs a `unimodal` run" in note for note in report.notes)

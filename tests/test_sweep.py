@@ -136,7 +136,8 @@ def _wait_for(predicate, timeout=300.0):
 
 
 def _finished(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*.parquet") if p.name.count(".") == 1]
+    # only the result folders: a worker removes `.checkpoints/` while this may be walking it
+    return [p for p in out.glob("dataset=*/method=*/*.parquet") if p.name.count(".") == 1]
 
 
 @pytest.mark.slow
