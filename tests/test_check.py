@@ -47,7 +47,8 @@ def test_a_weakened_method_is_caught(small_baseline, tmp_path):
     assert "REGRESSED" in result.output and "regression: joint, opm" in result.output
 
 
-def test_an_environment_mismatch_is_reported_and_turns_the_exact_path_off(small_baseline, tmp_path):
+def test_an_environment_mismatch_is_reported_but_matching_predictions_still_pass_exactly(small_baseline, tmp_path):
+    """Issue 14.3: a per-seed prediction-hash match proves itself, whatever the environment key."""
     baseline = tmp_path / "other-env"
     baseline.mkdir()
     data = json.loads((small_baseline / check.BASELINE_FILE).read_text())
@@ -56,7 +57,20 @@ def test_an_environment_mismatch_is_reported_and_turns_the_exact_path_off(small_
     result = run_check(baseline, small_baseline.parent / "runs")  # the same runs: identical predictions
     assert result.exit_code == 0, result.output
     assert "environment differs from the baseline's (torch 1.0.0 -> " in result.output
-    assert "exact" not in [line.split("│")[-2].strip() for line in result.output.splitlines() if "│" in line]
+    statuses = [line.split("│")[-2].strip() for line in result.output.splitlines() if "│" in line]
+    assert statuses.count("exact") == 2, result.output
+
+
+def test_seeds_outside_the_baseline_go_through_the_statistical_test(small_baseline, tmp_path):
+    """Issue 14.11: --seeds takes a list or a range as `run` does."""
+    result = runner.invoke(app, ["check", "--baseline", str(small_baseline), "--methods", "joint", "--seeds", "4-5",
+                                 "--out", str(small_baseline.parent / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "1 methods x 2 seeds" in result.output
+    statuses = [line.split("│")[-2].strip() for line in result.output.splitlines() if "│" in line]
+    assert "exact" not in statuses and ("pass" in statuses or "stale" in statuses), result.output
+    bad = runner.invoke(app, ["check", "--baseline", str(small_baseline), "--seeds", "0"])
+    assert bad.exit_code != 0 and "--seeds must be at least 1" in bad.output
 
 
 def test_update_says_what_changed(small_baseline, tmp_path):
