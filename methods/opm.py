@@ -33,13 +33,6 @@ from mmbench.models import Outputs
 from mmbench.registry import register_method
 
 
-def drop_probabilities(score_a: float, score_v: float, q_base: float, lam: float) -> tuple[float, float]:
-    """(q_a, q_v): non-zero only for the modality whose score exceeds the other's."""
-    q = drop_probability_tensor(torch.tensor(float(score_a), dtype=torch.float64),
-                                torch.tensor(float(score_v), dtype=torch.float64), q_base, lam)
-    return float(q[0]), float(q[1])
-
-
 def drop_probability_tensor(score_a: torch.Tensor, score_v: torch.Tensor, q_base: float,
                             lam: float) -> torch.Tensor:
     """[q_a, q_v] as a differentiable function of the scores (`calcu_q`, Classifier.py ~58-72):

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mmbench import stats
-from mmbench.results import read_epochs, read_runs
+from mmbench.results import RunPaths, read_epochs, read_runs
 
 SELECTIONS = {"best-val": "best_val_", "final": "final_", "paper": "paper_max_"}
 METRICS = ("acc", "macro_f1", "map")
@@ -281,8 +281,8 @@ def _class_gaps(run: Any, ref: Any, m: str, selection: str) -> np.ndarray | None
     """Per-class D5 of one run's modality m against one unimodal run, or None when either has no
     predictions of that modality or their test samples differ."""
     def preds(row: Any) -> pd.DataFrame:
-        path = Path(row.results_folder) / f"dataset={row.dataset}" / f"method={row.method}" / \
-            f"{row.run_id}.preds.parquet"
+        path = RunPaths(Path(row.results_folder) / f"dataset={row.dataset}" / f"method={row.method}",
+                        row.run_id).preds
         if not path.is_file():
             return pd.DataFrame()
         table = pd.read_parquet(path, columns=["selection", "sample_id", "y", "pred", f"pred_{m}"])
@@ -293,7 +293,7 @@ def _class_gaps(run: Any, ref: Any, m: str, selection: str) -> np.ndarray | None
     joined = own.merge(alone[["sample_id", "pred"]], on="sample_id", suffixes=("", "_unimodal"))
     if len(joined) != len(own):
         return None
-    num_classes = int(max(own["y"].max(), joined["pred_unimodal"].max(), own[f"pred_{m}"].max())) + 1
+    num_classes = len(str(run.classes).split(","))
     return stats.capability_gap(joined[f"pred_{m}"].to_numpy(), joined["pred_unimodal"].to_numpy(),
                                   joined["y"].to_numpy(), num_classes)
 

@@ -111,3 +111,13 @@ def test_channels_last_gives_the_same_features():
     audio, visual = torch.randn(2, 1, 12, 12), torch.randn(2, 1, 3, 12, 12)
     torch.testing.assert_close(plain(audio, visual).logits, fast(audio, visual).logits,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_unimodal_head_gets_the_lineage_init():
+    """OGM-GE utils/utils.py ~15-19: xavier-normal weights, zero bias on the linear classifier too."""
+    from .conftest import train_steps
+
+    _, model, _ = train_steps(tiny_config("unimodal", encoder_width=64), 0)
+    assert torch.count_nonzero(model.head.bias) == 0
+    fan_out, fan_in = model.head.weight.shape
+    assert model.head.weight.std().item() == pytest.approx((2 / (fan_in + fan_out)) ** 0.5, rel=0.3)

@@ -13,11 +13,17 @@ from mmbench import engine
 from mmbench.config import resolve
 from mmbench.data import Batch
 from mmbench.method import RunContext
-from mmbench.methods.opm import drop_features, drop_probabilities
+from mmbench.methods.opm import drop_features, drop_probability_tensor
 from mmbench.models import AVModel, ConcatFusion
 from mmbench.registry import METHODS
 
 from .conftest import tiny_config
+
+
+def drop_probabilities(score_a, score_v, q_base, lam):
+    q = drop_probability_tensor(torch.tensor(float(score_a), dtype=torch.float64),
+                                torch.tensor(float(score_v), dtype=torch.float64), q_base, lam)
+    return tuple(q.tolist())
 
 
 @pytest.mark.parametrize("s_a, s_v, q_base, lam, expected", [
