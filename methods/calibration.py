@@ -12,6 +12,15 @@ model frozen,
   3. predict z_c = sum_m w_mc u_mc / T_m.
 `weights=global` uses one weight per modality; `weights=learned` fits w >= 0 and a class
 bias by cross-entropy on validation (L-BFGS), starting from the class weights.
+Guards, because validation is small (79 clips on the `ci` suite, ~13 per class): temperatures
+are searched in [1/10, 10] (a chance-level modality is damped, not erased by T = 148), weights
+are clamped to [0.1, 0.9], and a calibration that makes the validation decision worse than
+the uncalibrated one (higher NLL, each at its best temperature) is not used: the run keeps the
+base's decision and logs `fell_back = 1`. Before these guards one `ci` seed in twenty lost 10
+points of test accuracy: a near-chance visual branch (T -> 148) and one class with audio weight
+0.36 against 0.92 for the others shrank that class's audio score, and the best-on-validation
+checkpoint (epoch 0) was calibrated into 67 % validation accuracy from 77 %. Its raw NLL had
+fallen (the weights halve the logit scale); at each decision's best temperature it rose.
 Diagnostics (METHODS.md 5.2), for every run of any method: D1-D4 in each epoch and run row, D1
 also per class (`d1_class_<c>` = ||W_a[c]|| / ||W_v[c]||); D5, the per-class capability gap
 against separately trained `unimodal` runs of the same seed, is computed by `mmbench report`
@@ -37,15 +46,19 @@ from mmbench.methods.joint import OGM_GE_RECIPE
 from mmbench.models import AVModel, Outputs
 from mmbench.registry import METHODS, register_method
 
+TEMPERATURE_BOUNDS = (0.1, 10.0)
+WEIGHT_BOUNDS = (0.1, 0.9)
 
-def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
-    """argmin_T NLL(softmax(logits / T), y), searched over log T in [-5, 5]."""
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+                    ) -> float:
+    """argmin_T NLL(softmax(logits / T), y) over T in `bounds` (searched on log T)."""
     logits, y = logits.double(), y.long()
 
     def nll(log_t: float) -> float:
         return float(F.cross_entropy(logits / math.exp(log_t), y))
 
-    return math.exp(minimize_scalar(nll, bounds=(-5.0, 5.0), method="bounded",
+    return math.exp(minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
                                     options={"xatol": 1e-6}).x)
 
 
@@ -58,7 +71,7 @@ def capability_weights(scaled: list[torch.Tensor], y: torch.Tensor, num_classes:
         accuracy = (correct @ one_hot + 1) / (one_hot.sum(0) + 2)
     else:
         accuracy = ((correct.sum(1) + 1) / (len(y) + 2))[:, None].expand(-1, num_classes)
-    return (accuracy / accuracy.sum(0)).float()
+    return (accuracy / accuracy.sum(0)).clamp(*WEIGHT_BOUNDS).float()
 
 
 @dataclass
@@ -66,6 +79,7 @@ class Calibration:
     temperatures: tuple[float, float]
     weights: torch.Tensor  # (2, C)
     bias: torch.Tensor  # (C,)
+    fell_back: bool = False  # worse than the uncalibrated decision on validation: not used
 
     def scaled(self, logits_a: torch.Tensor, logits_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return logits_a / self.temperatures[0], logits_v / self.temperatures[1]
@@ -91,23 +105,41 @@ def learn_weights(scaled: list[torch.Tensor], y: torch.Tensor, init: torch.Tenso
         return loss
 
     optimizer.step(closure)
-    return F.softplus(raw).detach().float(), bias.detach().float()
+    return F.softplus(raw).detach().clamp(*WEIGHT_BOUNDS).float(), bias.detach().float()
+
+
+def worse_than(uncalibrated: torch.Tensor, calibrated: torch.Tensor, y: torch.Tensor) -> bool:
+    """True when the calibrated decision has a higher validation NLL than the uncalibrated one.
+
+    Each NLL is taken at its own best scale (one fitted temperature): the capability weights sum to
+    1 over modalities, so the calibrated logits are about half the scale of the uncalibrated sum, and
+    comparing raw NLLs would refuse calibrations that only changed the scale."""
+    def nll(logits: torch.Tensor) -> float:
+        return float(F.cross_entropy(logits.double() / fit_temperature(logits, y), y.long()))
+
+    return nll(calibrated) > nll(uncalibrated)
 
 
 def fit_calibration(logits_a: torch.Tensor, logits_v: torch.Tensor, y: torch.Tensor, num_classes: int,
-                    variant: str = "class") -> Calibration:
+                    variant: str = "class", uncalibrated: torch.Tensor | None = None) -> Calibration:
+    """Fit on validation; with the base's own fused `uncalibrated` logits, a calibration that is
+    worse on them is returned with `fell_back=True`."""
     temperatures = (fit_temperature(logits_a, y), fit_temperature(logits_v, y))
     scaled = [logits_a / temperatures[0], logits_v / temperatures[1]]
     weights = capability_weights(scaled, y, num_classes, per_class=variant != "global")
     bias = torch.zeros(num_classes)
     if variant == "learned":
         weights, bias = learn_weights(scaled, y, weights)
-    return Calibration(temperatures, weights, bias)
+    calibration = Calibration(temperatures, weights, bias)
+    if uncalibrated is not None and worse_than(uncalibrated, calibration.fused(logits_a, logits_v), y):
+        calibration.fell_back = True
+    return calibration
 
 
 @register_method
 class DecisionLayerCalibration(Method):
     name = "dlc"
+    version = 2  # 2: bounded temperatures and weights, fall back when validation gets worse
     description = ("Joint training, then decision-layer calibration on validation: per-modality "
                    "temperatures and per-class capability weights (mmbench's reading of the paper).")
     citation = "After Ma, Chen. Revisit Modality Imbalance at the Decision Layer. arXiv 2510.14411 " \
@@ -166,15 +198,16 @@ class DecisionLayerCalibration(Method):
         if "logits_a" not in parts or "logits_v" not in parts:
             raise ValueError(f"dlc needs per-modality logits, and base={self.hp['base']} gives none")
         return fit_calibration(parts["logits_a"], parts["logits_v"], split.y, ctx.num_classes,
-                               self.hp["weights"])
+                               self.hp["weights"], uncalibrated=parts["logits"])
 
     def on_epoch_end(self, model: nn.Module, ctx: RunContext) -> None:
         self.base.on_epoch_end(model, ctx)
         self.last = self.fit(model, ctx.val, ctx)  # logged every epoch, used only if asked
-        self.calibration = self.last if self.hp["during_training"] else None
+        self.calibration = self.last if self.hp["during_training"] and not self.last.fell_back else None
 
     def calibrate(self, model: nn.Module, val: Split, ctx: RunContext) -> None:
-        self.calibration = self.last = self.fit(model, val, ctx)
+        self.last = self.fit(model, val, ctx)
+        self.calibration = None if self.last.fell_back else self.last
 
     def predict(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
         out = self.base.predict(model, batch, ctx)
@@ -191,4 +224,4 @@ class DecisionLayerCalibration(Method):
             return self.base.diagnostics()
         w = self.last.weights
         return {**self.base.diagnostics(), "t_a": self.last.temperatures[0], "t_v": self.last.temperatures[1],
-                "w_a": float(w[0].mean()), "w_v": float(w[1].mean())}
+                "w_a": float(w[0].mean()), "w_v": float(w[1].mean()), "fell_back": float(self.last.fell_back)}

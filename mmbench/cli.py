@@ -491,11 +491,17 @@ def report_command(
     baseline: Annotated[str, typer.Option(help="Method every other method is compared with.")] = "joint",
     metric: Annotated[str, typer.Option(help="acc, macro_f1 or map.")] = "acc",
     selection: Annotated[str, typer.Option(help="best-val (honest), final, or paper (max over epochs).")] = "best-val",
-    format_: Annotated[str, typer.Option("--format", help="Comma-separated: terminal, md, tex, html.")] =
-        "terminal,md,html",
+    format_: Annotated[str, typer.Option("--format", help="Comma-separated: terminal, md, tex, html, json "
+                                         "(report.json is always written).")] = "terminal,md,html",
+    primary: Annotated[str, typer.Option(help="The pre-registered endpoint METRIC@SELECTION whose tests are "
+                                         "confirmatory; a report of any other --metric/--selection is marked "
+                                         "exploratory.")] = "acc@best-val",
     out: Annotated[Path, typer.Option(help="Folder for report.md/.tex/.html/.json and figures/.")] = Path("report"),
     rope: Annotated[float, typer.Option(help="Region of practical equivalence, in pp.")] = 1.0,
     figures: Annotated[bool, typer.Option(help="Draw the figures.")] = True,
+    resample_test: Annotated[bool, typer.Option("--resample-test", help="Also give Δ intervals that resample "
+                                                "the test clips (bootstrap, the same clips for every method) "
+                                                "as well as the seeds.")] = False,
 ) -> None:
     """Tables and figures with significance tests over seeds, from one or more results folders."""
     from mmbench import render
@@ -503,20 +509,25 @@ def report_command(
 
     formats = tuple(f.strip() for f in format_.split(",") if f.strip())
     try:
-        unknown = [f for f in formats if f not in render.FORMATS]
+        unknown = [f for f in formats if f not in (*render.FORMATS, "json")]
         if unknown or not formats:
-            raise ConfigError(f"--format {format_}: choose from {', '.join(render.FORMATS)}")
+            raise ConfigError(f"--format {format_}: choose from {', '.join(render.FORMATS)}, json")
+        p_metric, _, p_selection = primary.partition("@")
+        if p_metric not in report_mod.METRICS or p_selection not in report_mod.SELECTIONS or p_selection == "paper":
+            raise ConfigError(f"--primary {primary}: expected METRIC@SELECTION with METRIC one of "
+                              f"{', '.join(report_mod.METRICS)} and SELECTION best-val or final")
         if selection not in report_mod.SELECTIONS:
             raise ConfigError(f"--selection {selection}: choose from {', '.join(report_mod.SELECTIONS)}")
         if metric not in report_mod.METRICS:
             raise ConfigError(f"--metric {metric}: choose from {', '.join(report_mod.METRICS)}")
-        options = report_mod.ReportOptions(baseline=baseline, metric=metric, selection=selection, rope=rope / 100)
+        options = report_mod.ReportOptions(baseline=baseline, metric=metric, selection=selection, rope=rope / 100,
+                                           primary=primary, resample_test=resample_test)
         runs, epochs = report_mod.load_results(results or [Path("results")])
         if baseline not in set(runs["variant"]):
             raise ConfigError(f"--baseline {baseline}: no such method in the results "
                               f"(methods: {', '.join(sorted(set(runs['variant'])))})")
         report = report_mod.build_report(runs, epochs, options)
-        files = [f for f in formats if f != "terminal"]
+        files = [f for f in formats if f not in ("terminal", "json")]
         written = report_mod.write_report(report, out, tuple(files), figures=figures and bool(files))
     except (report_mod.ReportError, *USER_ERRORS) as exc:
         fail(str(exc))
@@ -591,12 +602,12 @@ def check_command(
                       "exactly only where every seed's predictions still match; the others go through the "
                       "statistical test", markup=False)
     # A per-seed prediction-hash match proves itself, whatever the environment key says.
-    verdicts = check.compare(base, results, exact_allowed=not overrides)
+    verdicts = check.compare(base, results, exact_allowed=not overrides, margin=base.get("margin", check.MARGIN))
     _print_verdicts(verdicts, base)
     regressed = [v.method for v in verdicts if v.failed]
     if regressed:
         err.print(f"[bold red]regression:[/] {', '.join(regressed)} fell below the baseline "
-                  "(one-sided test, Holm over the methods)", markup=True, highlight=False)
+                  "(one-sided rank-sum and paired tests, Holm over the methods)", markup=True, highlight=False)
         raise typer.Exit(1)
 
 
@@ -642,31 +653,31 @@ def _write_baseline(check: Any, folder: Path, suite: str, results: dict, configs
 
 
 def _print_verdicts(verdicts: list, base: dict) -> None:
-    from mmbench import check
-
     table = Table(title=f"mmbench check: test accuracy (%) vs baseline ({base['created']}), suite {base['suite']}",
                   title_justify="left")
-    for column in ("method", "baseline", "current", "Δ [95% CI]", "fails below", "MDE", "p (Holm)", "verdict"):
+    for column in ("method", "baseline median", "current median", "shift", "paired Δ", "p (Holm)", "verdict"):
         table.add_column(column, justify="left" if column in ("method", "verdict") else "right")
     for v in verdicts:
         cells = [v.method, f"{v.baseline_mean * 100:.2f} (n={v.n_ref})", f"{v.current_mean * 100:.2f} (n={v.n})"]
         if v.test is not None:
-            low, high = check.delta_interval(v.test)
-            cells += [f"{v.test.delta * 100:+.2f} [{low * 100:+.2f}, {high * 100:+.2f}]",
-                      f"{-v.test.threshold * 100:+.2f}", f"{v.test.mde * 100:.2f}", f"{v.p_holm:.3g}"]
+            paired = f"{v.paired.mean_diff * 100:+.2f} (n={v.paired.n})" if v.paired is not None else "-"
+            cells += [f"{v.test.shift * 100:+.2f}", paired, f"{v.p_holm:.3g}"]
         else:
-            cells += [f"{(v.current_mean - v.baseline_mean) * 100:+.2f}" if v.status == "exact" else "-", "-", "-", "-"]
+            cells += [f"{(v.current_mean - v.baseline_mean) * 100:+.2f}" if v.status == "exact" else "-", "-", "-"]
         style = {"REGRESSED": "bold red", "stale": "yellow", "no baseline": "yellow"}.get(v.status, "green")
         table.add_row(*cells, f"[{style}]{v.status}[/]")
     console.print(table)
     notes = ["exact: every seed's predictions identical to the baseline's for that seed (no statistics needed)"]
     if any(v.test is not None for v in verdicts):
-        notes.append(f"otherwise one-sided non-inferiority t-test, σ = max(SD of the baseline, floor), Holm over "
+        margin = next(v.test.margin for v in verdicts if v.test is not None)
+        notes.append(f"otherwise two one-sided tests of a drop larger than {margin * 100:g} pp, combined by "
+                     "Bonferroni: a rank-sum permutation test against all the baseline's seeds (shift = median of "
+                     "current - baseline over all pairs of seeds) and a paired t-test over the seeds the baseline "
+                     "also ran (paired Δ = mean of current - baseline, seed by seed); Holm over "
                      f"{_tested(verdicts)} methods at a family false-alarm rate of {base['alpha_family']:g}; "
-                     "'fails below' = the mean drop (pp) past which the first Holm step fails, MDE = the drop "
-                     "caught with 80 % power")
+                     "docs/statistics.md")
     if any(v.status == "stale" for v in verdicts):
-        notes.append("stale: better than the baseline beyond the threshold; run `mmbench check --update`")
+        notes.append("stale: better than the baseline beyond the margin; run `mmbench check --update`")
     if any(v.status == "no baseline" for v in verdicts):
         notes.append("no baseline: a method the baseline lacks; run `mmbench check --update --methods NAME`")
     for note in notes:

@@ -246,7 +246,7 @@ def _apply(key: str, value: Any, core: dict, hparams: dict, data: dict, method_c
             raise ConfigError(f"unknown key {key!r}: a prefix is a method name, method., hparams. or data.")
         if normalize(section) != method_cls.name:
             return  # a setting for another method of the same command
-        section = "method"
+        section = ""  # `joint.lr=...`: any setting (core, method or data), for that method's runs only
     if section == "" and bare in CORE_FIELDS:
         core[bare] = coerce(bare, value, CORE_FIELDS[bare].default, _choices_of(_CORE_TYPES[bare]))
     elif section in ("", "hparams", "method") and bare in method_cls.hparams:

@@ -395,6 +395,8 @@ def _evaluate_selected(model: nn.Module, method: Method, dataset: Dataset, split
     test set with modalities removed (for the Shapley contributions)."""
     method.calibrate(model, splits.val, ctx)
     evaluation = evaluate(model, method, dataset, splits.test, ctx)
+    # What the post-hoc step decided for this checkpoint (e.g. dlc's temperatures, or that it fell back).
+    evaluation.metrics.update({f"diag_{k}": float(v) for k, v in method.diagnostics().items()})
     evaluation.metrics.update(modality_ablation(model, method, dataset, splits.test, ctx,
                                                 evaluation.metrics["acc"]))
     return evaluation

@@ -232,11 +232,9 @@ def strip_plot(runs: pd.DataFrame, dataset: str, metric: str = "best_val_acc", b
     with _figure(figsize=(max(4.8, 1.05 * len(methods) + 2.6), 4.3)) as (fig, axes):
         ax = axes[0, 0]
         paired = False
-        for _key, group in rows.dropna(subset=["_key"]).groupby("_key", sort=True):
-            group = group.sort_values("_x")
-            if len(group) > 1:
-                ax.plot(group["_x"], group["_y"], color="0.7", lw=0.8, zorder=1)
-                paired = True
+        for (x0, y0), (x1, y1) in pair_segments(rows, methods[0] if baseline not in methods else baseline):
+            ax.plot([x0, x1], [y0, y1], color="0.7", lw=0.8, zorder=1)
+            paired = True
         counts = []
         for method in methods:
             cell = rows[rows["method"] == method]
@@ -268,6 +266,30 @@ def strip_plot(runs: pd.DataFrame, dataset: str, metric: str = "best_val_acc", b
 
 # --- 2. forest plot of Δ vs baseline ---------------------------------------------------------------
 
+def pair_segments(rows: pd.DataFrame, anchor: str) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """Grey lines of the strip plot: each method's run to the `anchor` (baseline) run with the same
+    pair key, the pair its test uses. (A chain through every method would suggest pairs between
+    non-baseline methods.) `rows` has method, _key, _x and _y columns."""
+    segments = []
+    for _key, group in rows.dropna(subset=["_key"]).groupby("_key", sort=True):
+        ref = group[group["method"] == anchor]
+        if ref.empty:
+            continue
+        start = (float(ref["_x"].iloc[0]), float(ref["_y"].iloc[0]))
+        segments += [(start, (float(x), float(y))) for x, y in
+                     zip(group.loc[group["method"] != anchor, "_x"], group.loc[group["method"] != anchor, "_y"],
+                         strict=True)]
+    return segments
+
+
+def forest_labels(deltas: pd.DataFrame) -> list[str]:
+    """Row labels: `(unpaired)` where the test was Welch or a permutation test, `†` where Holm-significant."""
+    tests = deltas["test"] if "test" in deltas else pd.Series([""] * len(deltas), index=deltas.index)
+    return [f"{label}{' (unpaired)' if str(test) in ('welch', 'permutation') else ''}"
+            f"{' †' if pd.notna(sig) and bool(sig) else ''}"
+            for label, sig, test in zip(deltas["label"], deltas["significant"], tests, strict=True)]
+
+
 def forest_plot(deltas: pd.DataFrame, path: str | Path, rope_pp: float = 1.0) -> Path:
     """One row per (method, dataset) and aggregate: Δ with its CI against the ROPE band, so
     'better', 'practically equivalent' and 'cannot tell' are visible at a glance."""
@@ -283,7 +305,7 @@ def forest_plot(deltas: pd.DataFrame, path: str | Path, rope_pp: float = 1.0) ->
     delta, low, high = (_numeric(deltas[c]) for c in ("delta_pp", "ci_low_pp", "ci_high_pp"))
     significant = np.array([bool(v) if pd.notna(v) else False for v in deltas["significant"]])
     p_better = _numeric(deltas["p_better"])
-    labels = [f"{label} †" if sig else str(label) for label, sig in zip(deltas["label"], significant, strict=True)]
+    labels = forest_labels(deltas)
     aggregate = np.array(["aggregate" in str(s).lower() or "all datasets" in str(s).lower()
                           for s in deltas["label"]])
 

@@ -48,22 +48,33 @@ def tables(report: Report) -> list[TextTable]:
     for dataset, group in report.main.groupby("dataset", sort=True):
         rows, bold = [], set()
         best = group["mean"].max()
+        resampled = "delta_low_rt" in group
+        bca = "bootstrap_low" in group and group["bootstrap_low"].notna().any()
         for i, r in enumerate(group.to_dict("records")):
-            rows.append([r["method"], str(r["n"]), f"{pp(r['mean'])} ± {pp(r['sd'])}",
+            rows.append([r["method"], str(r["n"]), _text(r.get("n_used")), f"{pp(r['mean'])} ± {pp(r['sd'])}",
                          f"[{pp(r['ci_low'])}, {pp(r['ci_high'])}]",
-                         _delta(r),
+                         _delta(r), *([_interval(r, "bootstrap_low", "bootstrap_high")] if bca else []),
+                         *([_interval(r, "delta_low_rt", "delta_high_rt")] if resampled else []),
                          pvalue(r.get("p")), pvalue(r.get("p_holm")), num(r.get("d_z"), 2),
                          num(r.get("p_better"), 2), pp(r.get("mde")) if not r.get("significant") else "",
                          _test_name(r.get("test")), r.get("mark") or ""])
             if _finite(r["mean"]) and r["mean"] == best:
-                bold.add((i, 2))
+                bold.add((i, 3))
+        dropped = [f"{r['method']}: {r['dropped']}" for r in group.to_dict("records") if _text(r.get("dropped"))]
+        status = ("" if o.tested and not o.exploratory else
+                  " (exploratory)" if o.tested else " (test-selected: shown, not tested)")
         out.append(TextTable(
-            f"{dataset}: test {o.metric} (%), {o.selection} selection",
-            ["method", "n", "mean ± SD", "95% CI", f"Δ vs {o.baseline} [95% CI]", "p", "p Holm", "d_z",
+            f"{dataset}: test {o.metric} (%), {o.selection} selection{status}",
+            ["method", "n", "n used", "mean ± SD", "95% CI", f"Δ vs {o.baseline} [95% CI]",
+             *(["Δ BCa 95% (n ≥ 10)"] if bca else []), *(["Δ [95%, test resampled]"] if resampled else []),
+             "p", "p Holm", "d_z",
              f"P(Δ>{pp(o.rope, 0)}pp)", "MDE", "test", ""], rows, bold,
             "Δ in pp; paired t over seeds sharing init and data order (Welch where seeds are not paired); "
             "* p<0.05, † Holm-significant, ≈ equivalent within the ROPE (TOST), ? low power; "
-            "MDE = smallest Δ detectable with 80 % power, shown for non-significant rows."))
+            "MDE = smallest Δ detectable with 80 % power, shown for non-significant rows; n used = seeds in "
+            "the comparison (method/baseline). Intervals are over seeds: the test set and the train/validation "
+            "split are held fixed (see docs/statistics.md)." + ("" if not dropped else " Left out: "
+                                                                  + " | ".join(dropped))))
     out.append(_imbalance(report))
     out.append(_protocol(report))
     if report.across is not None:
@@ -81,6 +92,14 @@ def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def _interval(r: dict, low: str, high: str) -> str:
+    return f"[{pp(r.get(low), sign=True)}, {pp(r.get(high), sign=True)}]" if _finite(r.get(low)) else "–"
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
 def _test_name(test: object) -> str:
     return test if isinstance(test, str) else ""
 
@@ -90,20 +109,25 @@ def _imbalance(report: Report) -> TextTable:
     has_shapley = "shapley_a" in frame
     has_gap = "d5_gap_a" in frame
     headers = ["dataset", "method", "n", "audio head", "visual head", "rho", "D3 audio logit share",
-               "D4 audio decides", "D4 excess audio"] + (["φ audio", "φ visual", "I"] if has_shapley else []) \
+               "D4 audio decides", "D4 excess audio"] + (["φ audio", "φ visual", "I (mean of runs)", "dominant"]
+                                                         if has_shapley else []) \
         + (["D5 audio gap (worst class)", "D5 visual gap (worst class)"] if has_gap else [])
     rows = []
     for r in frame.to_dict("records"):
         row = [r["dataset"], r["method"], str(r["n"]), _pm(r, "audio"), _pm(r, "visual"), num(r.get("rho"), 2),
                pp(r.get("d3_audio_logit"), 1), pp(r.get("d4_audio_decides"), 1), pp(r.get("d4_excess_audio"), 1)]
         if has_shapley:
-            row += [pp(r.get("shapley_a")), pp(r.get("shapley_v")), num(r.get("imbalance_degree"), 2)]
+            row += [pp(r.get("shapley_a")), pp(r.get("shapley_v")), num(r.get("imbalance_degree"), 2), _dominant(r)]
         if has_gap:
             row += [_gap(r, "a"), _gap(r, "v")]
         rows.append(row)
     caption = ("Per-modality accuracy (%) of each modality's own logits in the fused model (± half the 95 % "
-               "t-interval); rho = audio/visual true-class score ratio (1 = balanced); D3/D4 = decision-layer "
-               "diagnostics: audio's share of the logit mass and of the audio-visual disagreements it decides.")
+               "t-interval); rho = audio/visual true-class score ratio (1 = balanced), geometric mean over runs; "
+               "D3/D4 = decision-layer diagnostics: audio's share of the logit mass and of the audio-visual "
+               "disagreements it decides.")
+    if has_shapley:
+        caption += (" φ = Shapley contributions (pp, mean over runs); I = imbalance degree |φa−φv|/(|φa|+|φv|) of each "
+                    "run, averaged; dominant = share of runs where audio (a) or visual (v) contributes more.")
     if has_gap:
         caption += (" D5 = class-averaged accuracy of the modality's logits in the fused model minus that of a "
                     "unimodal run of the same seed (pp; worst class in brackets).")
@@ -111,6 +135,12 @@ def _imbalance(report: Report) -> TextTable:
         caption += (" Shapley contributions need masked-modality evaluations, which these results do not store; "
                     "omitted.")
     return TextTable("Imbalance", headers, rows, set(), caption)
+
+
+def _dominant(row: dict) -> str:
+    if not _finite(row.get("audio_dominates")):
+        return "–"
+    return f"a {row['audio_dominates'] * 100:.0f} % / v {row['visual_dominates'] * 100:.0f} %"
 
 
 def _gap(row: dict, m: str) -> str:
@@ -137,11 +167,13 @@ def _across(report: Report) -> TextTable:
     for r in report.across.to_dict("records"):
         delta = _delta(r)
         wtl = "–" if not _finite(r.get("wins")) else f"{int(r['wins'])}/{int(r['ties'])}/{int(r['losses'])}"
-        rows.append([r["method"], str(r["n_datasets"]), num(r["mean_rank"], 2), delta, wtl])
-    return TextTable("Across datasets", ["method", "datasets", "mean rank", f"Δ̄ vs {o.baseline} [95% CI]",
-                     "W/T/L"], rows, set(),
-                     "Mean rank (1 = best) over datasets where every method ran; Δ̄ = fixed-datasets mean of "
-                     "the per-dataset paired differences with a Welch–Satterthwaite interval; W/T/L vs the "
+        rows.append([r["method"], str(r["n_datasets"]), f"{num(r['mean_rank'], 2)} ({r.get('n_ranked', 0)})",
+                     f"{delta} ({r.get('n_delta', 0)})" if delta != "–" else delta, wtl])
+    return TextTable("Across datasets", ["method", "datasets", "mean rank (datasets)",
+                     f"Δ̄ vs {o.baseline} [95% CI] (datasets)", "W/T/L"], rows, set(),
+                     "Mean rank (1 = best) over the datasets where every method ran (their count in brackets); "
+                     "Δ̄ = fixed-datasets mean of the per-dataset paired differences with a Welch–Satterthwaite "
+                     "interval, over the datasets with seed-paired baseline runs (count in brackets); W/T/L vs the "
                      f"baseline with ties inside ±{pp(o.rope, 0)} pp.")
 
 

@@ -39,10 +39,25 @@ class ReportOptions:
     selection: str = "best-val"
     rope: float = 0.01
     alpha: float = 0.05
+    primary: str = "acc@best-val"  # the one (metric, selection) whose tests are confirmatory
+    resample_test: bool = False  # also resample the test clips (bootstrap), paired across methods
 
     @property
     def column(self) -> str:
         return f"{SELECTIONS[self.selection]}{self.metric}"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.metric}@{self.selection}"
+
+    @property
+    def tested(self) -> bool:
+        """--selection paper picks the epoch on the test set: shown, never tested (STATS.md §5.0)."""
+        return self.selection != "paper"
+
+    @property
+    def exploratory(self) -> bool:
+        return self.endpoint != self.primary
 
 
 @dataclass
@@ -132,6 +147,9 @@ def build_report(runs: pd.DataFrame, epochs: pd.DataFrame, options: ReportOption
                           "--selection paper has acc only)")
     notes: list[str] = []
     main = main_table(runs, options, notes)
+    notes.extend(_fallback_notes(runs, options))
+    if options.resample_test:
+        main = resample_test_intervals(runs, main, options, notes)
     across, friedman = across_datasets(main, runs, options, notes)
     order = {m: i for i, m in enumerate(_methods_in_order(runs, options.baseline))}
     imbalance = imbalance_table(runs, options)
@@ -142,6 +160,85 @@ def build_report(runs: pd.DataFrame, epochs: pd.DataFrame, options: ReportOption
         table.sort_values(["dataset", "method"], key=lambda c: c.map(order) if c.name == "method" else c)
         .reset_index(drop=True) for table in (imbalance, protocol_table(runs, options)))
     return Report(options, runs, epochs, main, imbalance, protocol, across, friedman, notes)
+
+
+TEST_RESAMPLES = 2000
+
+
+def resample_test_intervals(runs: pd.DataFrame, main: pd.DataFrame, options: ReportOptions,
+                            notes: list[str]) -> pd.DataFrame:
+    """95 % percentile intervals of Δ that vary both the seeds and the test set (`delta_low_rt`,
+    `delta_high_rt`): each of `TEST_RESAMPLES` replicates draws the test clips with replacement, the
+    same clips for every run of the dataset (methods stay paired on clips), and the seeds (pairs when
+    the comparison is paired), then recomputes accuracy from the stored predictions. rng seed 0."""
+    if options.metric != "acc" or not options.tested:
+        notes.append("--resample-test needs --metric acc and a tested selection; skipped")
+        return main
+    selection = "final" if options.selection == "final" else "best_val"
+    main = main.copy()
+    main["delta_low_rt"], main["delta_high_rt"] = np.nan, np.nan
+    rng = np.random.default_rng(0)
+    for dataset, group in runs.groupby("dataset", sort=True):
+        correct = {row.run_id: _correct(row, selection) for row in group.itertuples()}
+        if any(c is None for c in correct.values()) or len({len(c) for c in correct.values()}) != 1:
+            notes.append(f"{dataset}: --resample-test needs every run's prediction file on the same test clips; "
+                         "skipped there")
+            continue
+        n_items = len(next(iter(correct.values())))
+        weights = rng.multinomial(n_items, np.full(n_items, 1 / n_items), size=TEST_RESAMPLES) / n_items
+        accs = {run_id: weights @ c for run_id, c in correct.items()}  # (B,) accuracy per replicate
+        base = group[group["variant"] == options.baseline]
+        for i in main.index[(main["dataset"] == dataset) & main["delta"].notna()]:
+            cell = group[group["variant"] == main.at[i, "method"]]
+            deltas = _replicate_deltas(cell, base, accs, bool(main.at[i, "n_pairs"]), rng)
+            main.at[i, "delta_low_rt"], main.at[i, "delta_high_rt"] = np.percentile(deltas, [2.5, 97.5])
+    notes.append(f"Δ [95 %, test resampled]: {TEST_RESAMPLES} bootstrap replicates drawing both seeds and test "
+                 "clips (the same clips for every method); wider than the seed-only interval by what the "
+                 "finite test set adds")
+    return main
+
+
+def _correct(row: Any, selection: str) -> np.ndarray | None:
+    """1.0/0.0 per test clip, ordered by sample id, from a run's prediction file (None if absent)."""
+    if not hasattr(row, "results_folder"):
+        return None
+    path = RunPaths(Path(row.results_folder) / f"dataset={row.dataset}" / f"method={row.method}", row.run_id).preds
+    if not path.is_file():
+        return None
+    table = pd.read_parquet(path, columns=["selection", "sample_id", "y", "pred"])
+    table = table[table["selection"] == selection].sort_values("sample_id")
+    return (table["pred"] == table["y"]).to_numpy(float)
+
+
+def _replicate_deltas(cell: pd.DataFrame, base: pd.DataFrame, accs: dict[str, np.ndarray], paired: bool,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Δ per replicate: seeds (or seed pairs) resampled, each run's accuracy on that replicate's clips."""
+    if paired:
+        joined = cell[["pair_key", "run_id"]].merge(base[["pair_key", "run_id"]], on="pair_key",
+                                                    suffixes=("", "_base"))
+        diffs = np.stack([accs[a] - accs[b] for a, b in zip(joined["run_id"], joined["run_id_base"], strict=True)])
+        pick = rng.integers(0, len(joined), size=(diffs.shape[1], len(joined)))
+        return np.take_along_axis(diffs.T, pick, axis=1).mean(axis=1)
+    own = np.stack([accs[r] for r in cell["run_id"]]).T  # (B, runs)
+    ref = np.stack([accs[r] for r in base["run_id"]]).T
+    pick_own = rng.integers(0, own.shape[1], size=own.shape)
+    pick_ref = rng.integers(0, ref.shape[1], size=ref.shape)
+    return np.take_along_axis(own, pick_own, axis=1).mean(1) - np.take_along_axis(ref, pick_ref, axis=1).mean(1)
+
+
+def _fallback_notes(runs: pd.DataFrame, options: ReportOptions) -> list[str]:
+    """Runs whose post-hoc calibration (dlc) was refused because it made validation worse."""
+    prefix = SELECTIONS["final"] if options.selection == "final" else SELECTIONS["best-val"]
+    column = f"{prefix}diag_fell_back"
+    if column not in runs:
+        return []
+    notes = []
+    for (dataset, method), cell in runs.groupby(["dataset", "variant"], sort=True):
+        flags = cell[column].dropna()
+        if len(flags) and flags.any():
+            notes.append(f"{method} on {dataset}: the calibration fell back to the uncalibrated decision in "
+                         f"{int(flags.sum())} of {len(flags)} runs (it made the validation NLL worse)")
+    return notes
 
 
 def _methods_in_order(runs: pd.DataFrame, baseline: str) -> list[str]:
@@ -162,56 +259,129 @@ def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> 
                    "ci_low": summary.ci_low, "ci_high": summary.ci_high, "median": summary.median,
                    "seeds": ",".join(str(s) for s in sorted(cell["seed"]))}
             if method != options.baseline and not base.empty:
-                row.update(_comparison(cell, base, options))
+                if options.tested:
+                    row.update(_comparison(cell, base, options))
+                else:
+                    row["delta"] = summary.mean - float(np.nanmean(base[options.column].to_numpy(float)))
             rows.append(row)
     table = pd.DataFrame(rows)
     for column in ("delta", "p", "test"):
         if column not in table:
             table[column] = np.nan
-    table["p_holm"] = stats.holm(table["p"].to_numpy(float))
-    table["significant"] = table["p_holm"] < options.alpha
+    # The family is every comparison attempted: one whose p is undefined (identical, too few seeds)
+    # counts with p = 1, so the correction does not depend on the outcomes.
+    attempted = table["test"].notna()
+    family = np.where(attempted & table["p"].isna(), 1.0, table["p"].to_numpy(float))
+    table["p_holm"] = np.where(table["p"].notna(), stats.holm(family), np.nan)
+    table["significant"] = (table["p_holm"] < options.alpha) & (not options.exploratory)
+    if "equivalent" in table:  # a row is never both: a significant difference is not an equivalence
+        table["equivalent"] = table["equivalent"].fillna(False).astype(bool) & ~table["significant"]
     table["mark"] = [_mark(r, options) for r in table.to_dict("records")]
-    if (table["n"] <= 3).any():
-        notes.append("? = low power (n <= 3 seeds, or the minimum detectable effect exceeds twice the ROPE); "
-                     "treat those p-values as descriptive")
-    notes.append(f"Holm over {int(table['p'].notna().sum())} comparisons with {options.baseline} "
-                 f"(family: every method vs the baseline on every dataset), alpha {options.alpha}")
+    _main_notes(table, options, notes, int(attempted.sum()))
     return table
 
 
-def _paired_values(cell: pd.DataFrame, base: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Values matched by pair_key when both sides say their seeds share random streams (and at
-    least 2 pairs exist); None means the comparison must be unpaired."""
+def _main_notes(table: pd.DataFrame, options: ReportOptions, notes: list[str], family: int) -> None:
+    if not options.tested:
+        notes.append("WARNING --selection paper: the maximum of test accuracy over epochs selects the checkpoint "
+                     "on the test set; it is optimistic and shown for comparison with papers only: no tests, no "
+                     "intervals of differences")
+        return
+    if (table["n"] <= 3).any():
+        notes.append("? = low power (n <= 3 seeds, or the minimum detectable effect exceeds twice the ROPE); "
+                     "treat those p-values as descriptive")
+    if options.exploratory:
+        notes.append(f"EXPLORATORY: the primary endpoint is {options.primary}; these tests of {options.endpoint} "
+                     "are shown unmarked (no † / ≈), because testing every metric and selection and keeping the "
+                     "best multiplies the false-positive rate")
+    else:
+        notes.append(f"primary endpoint {options.primary}; Holm over {family} comparisons with {options.baseline} "
+                     f"(family: every method vs the baseline on every dataset), alpha {options.alpha}")
+    notes.append(f"P(Δ>{options.rope * 100:g}pp) is the posterior probability under a flat prior on Δ: a Student-t "
+                 "centred on the observed Δ with the test's standard error and df (Benavoli et al. 2017); "
+                 "docs/statistics.md")
+    if (table["test"] == "sign-flip").any() or (table["test"] == "permutation").any():
+        notes.append("sign-flip / permutation: every seed differs by the same amount, where the t-test is "
+                     "undefined; the exact permutation p is used (its smallest value is 2/2^n: 0.0625 at 5 seeds)")
+    if "dropped" in table and table["dropped"].fillna("").astype(bool).any():
+        notes.append("n used = seeds entering the comparison (method/baseline); 'dropped' says which were left "
+                     "out and why")
+
+
+def _pairing(cell: pd.DataFrame, base: pd.DataFrame, column: str) -> tuple[pd.DataFrame | None, str]:
+    """The seed-matched rows (value, value_base, pair_key), or None and why the comparison is unpaired.
+
+    Pairs need both sides to say their seeds share random streams (`crn`, `pair_key`) and a
+    common set of seeds that is at least half of each side (and 2 or more); otherwise the
+    comparison uses every run, unpaired, rather than silently a few matched seeds."""
     def pairable(frame: pd.DataFrame) -> bool:
         return bool(frame.get("crn", pd.Series([False])).all() and frame["pair_key"].notna().all())
 
     if not (pairable(cell) and pairable(base)):
+        return None, "seeds do not share random streams"
+    joined = cell[["pair_key", "seed", column]].merge(base[["pair_key", column]], on="pair_key",
+                                                        suffixes=("", "_base"))
+    if len(joined) < max(2, math.ceil(len(cell) / 2), math.ceil(len(base) / 2)):
+        return None, f"only {len(joined)} common seeds"
+    return joined, ""
+
+
+def _paired_values(cell: pd.DataFrame, base: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray] | None:
+    joined, _ = _pairing(cell, base, column)
+    if joined is None:
         return None
-    joined = cell.merge(base, on="pair_key", suffixes=("", "_base"))
-    if len(joined) < 2:
-        return None
-    return joined[column].to_numpy(float), joined[f"{column}_base"].to_numpy(float)
+    keep = joined[column].notna() & joined[f"{column}_base"].notna()
+    return joined.loc[keep, column].to_numpy(float), joined.loc[keep, f"{column}_base"].to_numpy(float)
+
+
+def _dropped(cell: pd.DataFrame, base: pd.DataFrame, column: str, method: str, baseline: str,
+             joined: pd.DataFrame | None, why_unpaired: str) -> str:
+    """Which seeds did not enter the comparison, and why, in a few words."""
+    parts = [f"unpaired ({why_unpaired})"] if joined is None and why_unpaired else []
+    for name, frame in ((method, cell), (baseline, base)):
+        nan_seeds = sorted(frame.loc[frame[column].isna(), "seed"])
+        if nan_seeds:
+            parts.append(f"{name} seeds {_seed_list(nan_seeds)}: {column} is NaN")
+        if joined is not None:
+            lonely = sorted(set(frame["pair_key"]) - set(joined["pair_key"]))  # pair_key is the seed
+            if lonely:
+                parts.append(f"{name} seeds {_seed_list(lonely)}: no partner seed")
+    return "; ".join(parts)
+
+
+def _seed_list(seeds: list) -> str:
+    return ",".join(str(s) for s in seeds)
 
 
 def _comparison(cell: pd.DataFrame, base: pd.DataFrame, options: ReportOptions) -> dict[str, Any]:
-    """Paired by seed when both sides say their seeds share random streams, else Welch."""
-    matched = _paired_values(cell, base, options.column)
-    paired = matched is not None
-    a, b = matched if paired else (cell[options.column].to_numpy(float), base[options.column].to_numpy(float))
+    """Paired by seed when both sides say their seeds share random streams and enough seeds are
+    common, else Welch on every run; NaN values and unmatched seeds are listed in `dropped`."""
+    joined, why = _pairing(cell, base, options.column)
+    paired = joined is not None
+    if paired:
+        a, b = joined[options.column].to_numpy(float), joined[f"{options.column}_base"].to_numpy(float)
+    else:
+        a, b = cell[options.column].to_numpy(float), base[options.column].to_numpy(float)
     result = stats.compare(a, b, paired=paired, rope=options.rope)
     narrow = stats.compare(a, b, paired=paired, rope=options.rope, confidence=0.90)
     equivalent = (math.isfinite(narrow.ci_low) and -options.rope <= narrow.ci_low
                   and narrow.ci_high <= options.rope)  # TOST at 5 % == the 90 % interval inside the ROPE
-    return {"n_pairs": len(a) if paired else 0, "test": result.test, "delta": result.delta,
+    return {"n_pairs": result.n_method if paired else 0, "n_used": f"{result.n_method}/{result.n_baseline}",
+            "dropped": _dropped(cell, base, options.column, str(cell["variant"].iloc[0]), options.baseline,
+                                joined, why),
+            "test": result.test, "delta": result.delta,
             "delta_low": result.ci_low, "delta_high": result.ci_high, "p": result.p, "d_z": result.d_z,
             "mde": result.mde, "p_better": result.p_better, "p_rope": result.p_rope, "p_worse": result.p_worse,
             "low_power": bool(result.low_power or (math.isfinite(result.mde) and result.mde > 2 * options.rope)),
-            "equivalent": bool(equivalent), "signflip_p": result.signflip_p, "correlation": result.correlation}
+            "equivalent": bool(equivalent), "signflip_p": result.signflip_p, "correlation": result.correlation,
+            "bootstrap_low": result.bootstrap_low, "bootstrap_high": result.bootstrap_high}
 
 
 def _mark(row: dict[str, Any], options: ReportOptions) -> str:
     marks = ""
     p = row.get("p")
+    if options.exploratory:
+        return "?" if row.get("low_power") is True else ""
     if p is not None and isinstance(p, float) and p < options.alpha:
         marks += "*"
     if row.get("significant"):
@@ -235,12 +405,32 @@ def imbalance_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
         row: dict[str, Any] = {"dataset": dataset, "method": method, "n": len(cell)}
         for column, name in columns.items():
             if f"{prefix}{column}" in cell:
-                summary = stats.summarize(cell[f"{prefix}{column}"].to_numpy(float))
+                values = cell[f"{prefix}{column}"].to_numpy(float)
+                if column == "rho":  # a ratio: averaged on the log scale (geometric mean), STATS.md
+                    values = np.log(np.where(values > 0, values, np.nan))
+                summary = stats.summarize(values)
                 row[name], row[f"{name}_ci"] = summary.mean, (summary.ci_high - summary.ci_low) / 2
-        if {"shapley_a", "shapley_v"} <= row.keys():
-            row["imbalance_degree"] = stats.imbalance_degree(row["shapley_a"], row["shapley_v"])
+                if column == "rho":
+                    row[name] = math.exp(summary.mean) if math.isfinite(summary.mean) else math.nan
+                    row[f"{name}_ci"] = math.nan  # an interval on the log scale; see rho_log_ci
+                    row["rho_log_ci"] = (summary.ci_high - summary.ci_low) / 2
+        if {f"{prefix}shapley_a", f"{prefix}shapley_v"} <= set(cell):
+            row.update(_imbalance_per_run(cell[f"{prefix}shapley_a"].to_numpy(float),
+                                          cell[f"{prefix}shapley_v"].to_numpy(float)))
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["dataset"], kind="stable").reset_index(drop=True)
+
+
+def _imbalance_per_run(phi_a: np.ndarray, phi_v: np.ndarray) -> dict[str, float]:
+    """The imbalance degree of each run, then its mean; and how often each modality dominates.
+    (The degree of the mean Shapley values hides runs whose dominant modality flips: two runs at
+    I = 1, one audio- and one visual-dominated, average to I = 0.)"""
+    degrees = np.array([stats.imbalance_degree(a, v) for a, v in zip(phi_a, phi_v, strict=True)])
+    valid = ~np.isnan(phi_a) & ~np.isnan(phi_v)
+    n = max(int(valid.sum()), 1)
+    return {"imbalance_degree": float(np.nanmean(degrees)) if np.isfinite(degrees).any() else math.nan,
+            "audio_dominates": float((phi_a[valid] > phi_v[valid]).sum() / n),
+            "visual_dominates": float((phi_v[valid] > phi_a[valid]).sum() / n)}
 
 
 def capability_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> pd.DataFrame:
@@ -328,8 +518,13 @@ def across_datasets(main: pd.DataFrame, runs: pd.DataFrame, options: ReportOptio
     rows = []
     for method in _methods_in_order(runs, options.baseline):
         diffs = _paired_diffs(runs, method, options) if method != options.baseline else []
+        n_datasets = int(scores[method].notna().sum()) if method in scores else 0
         row: dict[str, Any] = {"method": method, "mean_rank": float(ranks.get(method, math.nan)),
-                               "n_datasets": int(scores[method].notna().sum()) if method in scores else 0}
+                               "n_datasets": n_datasets, "n_ranked": len(complete) if method in complete else 0,
+                               "n_delta": len(diffs)}
+        if method != options.baseline and len(diffs) < n_datasets:
+            notes.append(f"Δ̄ of {method} vs {options.baseline} uses {len(diffs)} of its {n_datasets} datasets: the "
+                         "others have no seed-paired runs of the baseline")
         if diffs:
             aggregate = stats.fixed_datasets_delta(diffs)
             wins, ties, losses = stats.wins_ties_losses([float(np.mean(d)) for d in diffs], options.rope)
@@ -394,7 +589,8 @@ def forest_rows(report: Report) -> pd.DataFrame:
     main = report.main.dropna(subset=["delta"])
     rows = [{"label": f"{r['method']} · {r['dataset']}", "delta_pp": 100 * r["delta"],
              "ci_low_pp": 100 * r["delta_low"], "ci_high_pp": 100 * r["delta_high"],
-             "significant": bool(r["significant"]), "p_better": r.get("p_better", math.nan)}
+             "significant": bool(r["significant"]), "p_better": r.get("p_better", math.nan),
+             "test": r.get("test", "")}
             for r in main.to_dict("records")]
     if report.across is not None and "delta" in report.across:
         for r in report.across.dropna(subset=["delta"]).to_dict("records"):

@@ -78,11 +78,11 @@ class Comparison:
     n_method: int
     n_baseline: int
     paired: bool  # True = paired t on matched seeds; False = Welch
-    test: str  # "paired-t", "welch", "identical", "constant" or "insufficient"
+    test: str  # "paired-t", "welch", "identical", "sign-flip", "permutation" (constant) or "insufficient"
     delta: float  # mean difference method - baseline
     ci_low: float
     ci_high: float
-    p: float  # two-sided; NaN for identical/insufficient; 0.0 for a constant non-zero difference
+    p: float  # two-sided; NaN for identical/insufficient; exact permutation p for constant differences
     sd_diff: float  # paired: SD of the differences; Welch: NaN
     d_z: float
     g_z: float
@@ -176,13 +176,13 @@ def compare(method: ArrayLike, baseline: ArrayLike, paired: bool, rope: float = 
     pairs with a NaN on either side are dropped. Paired t-test and t-CI of the mean difference
     (scipy.stats.ttest_rel), d_z = d̄/s_d, g_z = d_z·J(n-1), MDE = (t_{(1+c)/2,n-1} + t_{.8,n-1})·s_d/√n,
     Bayesian posterior Student-t(n-1, d̄, s_d/√n), exact sign-flip p when n >= 6, BCa CI when n >= 10.
-    All differences 0 -> test "identical" (p NaN, CI (0, 0)); all equal and non-zero -> "constant"
-    (p 0.0, CI (Δ, Δ), d_z/g_z NaN because s_d = 0).
+    All differences 0 -> test "identical" (p NaN, CI (0, 0)); all equal and non-zero -> "sign-flip":
+    the exact sign-flip p (2/2^n: 0.0625 at n = 5), no CI, no posterior, d_z/g_z NaN.
 
-    paired=False: Welch (scipy.stats.ttest_ind(equal_var=False)) on the non-NaN values; MDE uses
-    df = n_a + n_b - 2 and SE = √(s_a²/n_a + s_b²/n_b); the posterior uses the Welch df and SE. d_z, g_z,
-    sd_diff, correlation, sign-flip and bootstrap columns are NaN. Both arms constant -> "identical"
-    or "constant" as above.
+    paired=False: Welch (scipy.stats.ttest_ind(equal_var=False)) on the non-NaN values; the MDE and
+    the posterior use the Welch df and SE = √(s_a²/n_a + s_b²/n_b). d_z, g_z, sd_diff, correlation,
+    sign-flip and bootstrap columns are NaN. Both arms constant -> "identical" as above, or
+    "permutation": the exact two-sample permutation p, no CI.
 
     Fewer than 2 values (pairs, or in either Welch arm) -> "insufficient": only delta (and n) filled.
     """
@@ -215,9 +215,14 @@ def _compare_paired(a: np.ndarray, b: np.ndarray, rope: float, confidence: float
         worse, in_rope, better = _posterior(delta, 0.0, n - 1, rope)
         if n >= 10:
             boot_low, boot_high = delta, delta
-        return Comparison(n, n, True, "identical" if identical else "constant", delta, delta, delta,
-                          nan if identical else 0.0, 0.0, nan, nan, 0.0, worse, in_rope, better, n <= 3, min_p,
-                          signflip, boot_low, boot_high, correlation)
+        if identical:
+            return Comparison(n, n, True, "identical", 0.0, 0.0, 0.0, nan, 0.0, nan, nan, 0.0, worse, in_rope,
+                              better, n <= 3, min_p, signflip, boot_low, boot_high, correlation)
+        # Every seed moved by the same amount (accuracies on a 1/n_test grid do this): the t-test's
+        # p = 0 and CI [Δ, Δ] claim certainty. The exact sign-flip test is valid here; its p is
+        # 2/2^n (0.0625 at n = 5) and no interval is given.
+        return Comparison(n, n, True, "sign-flip", delta, nan, nan, signflip_pvalue(d), 0.0, nan, nan, nan,
+                          nan, nan, nan, n <= 3, min_p, signflip_pvalue(d), nan, nan, correlation)
     result = stats.ttest_rel(a, b)
     interval = result.confidence_interval(confidence)
     delta, sd = float(d.mean()), float(d.std(ddof=1))
@@ -241,11 +246,15 @@ def _compare_welch(a: np.ndarray, b: np.ndarray, rope: float, confidence: float)
     flat_a, flat_b = np.ptp(a) == 0, np.ptp(b) == 0
     if flat_a and flat_b:
         delta = float(a[0] - b[0])
-        identical = delta == 0
-        worse, in_rope, better = _posterior(delta, 0.0, n_a + n_b - 2, rope)
-        return Comparison(n_a, n_b, False, "identical" if identical else "constant", delta, delta, delta,
-                          nan if identical else 0.0, nan, nan, nan, 0.0, worse, in_rope, better, low_power, nan, nan,
-                          nan, nan, nan)
+        if delta == 0:
+            worse, in_rope, better = _posterior(delta, 0.0, n_a + n_b - 2, rope)
+            return Comparison(n_a, n_b, False, "identical", 0.0, 0.0, 0.0, nan, nan, nan, nan, 0.0, worse,
+                              in_rope, better, low_power, nan, nan, nan, nan, nan)
+        # Two constant arms: Welch is undefined; the exact two-sample permutation test is valid
+        # (p = 2/C(n_a+n_b, n_a) when n_a == n_b), and no interval is given.
+        low_p, high_p = _rank_sum_pvalues(a, b)
+        return Comparison(n_a, n_b, False, "permutation", delta, nan, nan, min(1.0, 2 * min(low_p, high_p)), nan,
+                          nan, nan, nan, nan, nan, nan, low_power, nan, nan, nan, nan, nan)
     var_a = 0.0 if flat_a else float(a.var(ddof=1)) / n_a
     var_b = 0.0 if flat_b else float(b.var(ddof=1)) / n_b
     se = math.sqrt(var_a + var_b)
@@ -260,8 +269,7 @@ def _compare_welch(a: np.ndarray, b: np.ndarray, rope: float, confidence: float)
         result = stats.ttest_ind(a, b, equal_var=False)
         interval = result.confidence_interval(confidence)
         df, p, low, high = float(result.df), float(result.pvalue), float(interval.low), float(interval.high)
-    df_mde = n_a + n_b - 2
-    mde = (_two_sided_t(confidence, df_mde) + float(stats.t.ppf(0.8, df_mde))) * se
+    mde = (_two_sided_t(confidence, df) + float(stats.t.ppf(0.8, df))) * se  # the test's own (Welch) df
     worse, in_rope, better = _posterior(delta, se, df, rope)
     return Comparison(n_a, n_b, False, "welch", delta, low, high, p, nan, nan, nan, mde, worse, in_rope, better,
                       low_power, nan, nan, nan, nan, nan)
@@ -485,42 +493,83 @@ def mcnemar_exact(b: int, c: int) -> float:
 # --- CI gate ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class NonInferiority:
+class ShiftTest:
     n: int
     n_ref: int
-    delta: float  # mean(current) - mean(reference)
-    sigma: float  # max(sd(reference), sigma_floor)
-    t: float
-    threshold: float  # largest mean drop that still passes
-    p: float  # one-sided, H1: current is worse
-    regressed: bool
-    mde: float  # drop detected with 80 % power
+    shift: float  # Hodges-Lehmann: median of all differences current_i - reference_j
+    margin: float  # drops up to this size are tolerated
+    p: float  # one-sided, H1: current is lower than reference by more than `margin`
+    p_gain: float  # one-sided, H1: current is higher by more than `margin`
 
 
-def non_inferiority(current: ArrayLike, reference: ArrayLike, sigma_floor: float, alpha: float) -> NonInferiority:
-    """One-sided non-inferiority gate against a committed baseline (STATS §6.2).
+def _rank_sum_pvalues(current: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(P(R <= r), P(R >= r)) of the current group's mid-rank sum R over every split of the pooled
+    values into groups of the same sizes. Exact, ties included (conditional on the mid-ranks): the
+    permutation distribution is counted by dynamic programming over doubled (integer) mid-ranks."""
+    # Rounded so that 0.71 + 0.005 ties with 0.715 (accuracies live on a 1/n_test grid).
+    n, pooled = len(current), np.round(np.concatenate([current, reference]), 9)
+    doubled = np.rint(2 * stats.rankdata(pooled)).astype(int)
+    total = int(doubled.sum())
+    counts = np.zeros((n + 1, total + 1))  # counts[k, s]: subsets of k values whose doubled ranks sum to s
+    counts[0, 0] = 1.0
+    for weight in doubled:
+        counts[1:, weight:] += counts[:-1, :total + 1 - weight].copy()
+    observed = int(doubled[:n].sum())
+    null = counts[n] / counts[n].sum()
+    return float(null[:observed + 1].sum()), float(null[observed:].sum())
 
-    σ = max(sd(reference, ddof 1), σ_floor); t = (x̄ - x̄_ref)/(σ √(1/n + 1/n_ref)), df = n_ref - 1;
-    p = t.cdf(t, df); regressed = p < alpha (alpha already split over the methods by the caller);
-    threshold = t_{1-α,df} σ √(1/n + 1/n_ref); MDE = (t_{1-α,df} + t_{.8,df}) σ √(1/n + 1/n_ref).
-    NaNs are dropped; ValueError if n < 1, n_ref < 2 or σ == 0.
+
+def shift_test(current: ArrayLike, reference: ArrayLike, margin: float) -> ShiftTest:
+    """Rank-sum permutation test of a drop larger than `margin` (the gate's test, docs/statistics.md).
+
+    H0: the current values are draws from the reference distribution shifted down by at most
+    `margin`. The current values are raised by `margin` and the Wilcoxon-Mann-Whitney rank sum of
+    the current group is referred to its permutation distribution: with fresh seeds (exchangeable
+    with the reference seeds) the level is exact whatever the shape of the distribution, so one
+    collapsed seed cannot make a false alarm by itself. NaNs are dropped; ValueError if either
+    side is empty.
     """
     x, ref = _clean(current), _clean(reference)
-    n, n_ref = len(x), len(ref)
-    if n < 1 or n_ref < 2:
-        raise ValueError(f"non_inferiority needs >= 1 current and >= 2 reference values (got {n}, {n_ref})")
-    sd_ref = 0.0 if np.ptp(ref) == 0 else float(ref.std(ddof=1))
-    sigma = max(sd_ref, float(sigma_floor))
-    if not sigma > 0:
-        raise ValueError("non_inferiority needs a positive sigma (set sigma_floor > 0)")
-    df = n_ref - 1
-    scale = sigma * math.sqrt(1 / n + 1 / n_ref)
-    delta = float(x.mean() - ref.mean())
-    t = delta / scale
-    p = float(stats.t.cdf(t, df))
-    critical = float(stats.t.ppf(1 - alpha, df))
-    mde = (critical + float(stats.t.ppf(0.8, df))) * scale
-    return NonInferiority(n, n_ref, delta, sigma, t, critical * scale, p, bool(p < alpha), mde)
+    if len(x) < 1 or len(ref) < 1:
+        raise ValueError(f"shift_test needs current and reference values (got {len(x)}, {len(ref)})")
+    p_drop, _ = _rank_sum_pvalues(x + margin, ref)
+    _, p_gain = _rank_sum_pvalues(x - margin, ref)
+    shift = float(np.median(x[:, None] - ref[None, :]))
+    return ShiftTest(len(x), len(ref), shift, margin, min(p_drop, 1.0), min(p_gain, 1.0))
+
+
+@dataclass(frozen=True)
+class PairedShiftTest:
+    n: int
+    mean_diff: float  # mean of current_i - reference_i over the seeds both have
+    sd_diff: float
+    margin: float
+    p: float  # one-sided, H1: the mean difference is below -margin
+    p_gain: float  # one-sided, H1: above +margin
+
+
+def paired_shift_test(current: ArrayLike, reference: ArrayLike, margin: float) -> PairedShiftTest | None:
+    """One-sided paired t-tests of a per-seed drop (or gain) larger than `margin` (the gate's CRN test).
+
+    d_i = current_i - reference_i over seeds run in both; t = (d̄ ± margin)/(s_d/√n), df = n - 1.
+    The t-test uses the spread of the differences themselves, so it holds whatever the correlation
+    of a rerun with its twin: a numerics change that barely moves the seeds gives small s_d and
+    power, a change that decorrelates them gives s_d ≈ √2·SD and a conservative test. s_d = 0 (every
+    seed moved by the same amount): p is 0 or 1 by whether d̄ is past the margin. None when fewer
+    than 2 seeds pair up."""
+    a, b = np.asarray(current, float).ravel(), np.asarray(reference, float).ravel()
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = np.round(a[keep] - b[keep], 9)
+    n = len(d)
+    if n < 2:
+        return None
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0:
+        return PairedShiftTest(n, mean, 0.0, margin, 0.0 if mean < -margin else 1.0, 0.0 if mean > margin else 1.0)
+    se = sd / math.sqrt(n)
+    p_drop = float(stats.t.cdf((mean + margin) / se, n - 1))
+    p_gain = float(stats.t.sf((mean - margin) / se, n - 1))
+    return PairedShiftTest(n, mean, sd, margin, p_drop, p_gain)
 
 
 def per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from mmbench import engine
-from mmbench.methods.calibration import capability_weights, fit_calibration, fit_temperature
+from mmbench.methods.calibration import (
+    TEMPERATURE_BOUNDS,
+    WEIGHT_BOUNDS,
+    capability_weights,
+    fit_calibration,
+    fit_temperature,
+)
 from mmbench.metrics import decision_layer_diagnostics
 from mmbench.results import read_epochs, read_runs
 
@@ -79,6 +85,39 @@ def test_capability_weights_by_hand_including_a_class_without_samples():
     torch.testing.assert_close(w.sum(0), torch.ones(3))
     global_w = capability_weights([scaled_a, scaled_v], y, 3, per_class=False)
     torch.testing.assert_close(global_w[:, 0], torch.tensor([0.5, 0.5]))  # both 3 of 4 right: (3+1)/(4+2)
+
+
+def test_temperature_and_weights_are_bounded():
+    """A chance-level modality was scaled by T = 148 (the old search bound e^5) until it vanished, and
+    a class it never got right weighed the other modality 0.93."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (200,), generator=g)
+    noise = torch.randn(200, 4, generator=g) * 3
+    assert fit_temperature(noise, y) == pytest.approx(TEMPERATURE_BOUNDS[1], rel=1e-3)
+    right, wrong = F.one_hot(y, 4).float(), F.one_hot((y + 1) % 4, 4).float()
+    w = capability_weights([right, wrong], y, 4)  # Laplace (50+1)/(50+2) vs 1/(50+2): 0.98 / 0.02
+    assert torch.allclose(w[0], torch.full((4,), WEIGHT_BOUNDS[1])) and torch.allclose(w[1], torch.full((4,), 0.1))
+
+
+def test_a_calibration_worse_than_the_uncalibrated_decision_on_validation_falls_back():
+    val_a, val_v, val_y = _biased_logits(seed=0)
+    helpful = fit_calibration(val_a, val_v, val_y, 4, uncalibrated=val_a + val_v)
+    assert not helpful.fell_back  # the constructed audio bias: calibration helps
+    perfect = F.one_hot(val_y, 4).float() * 20  # an uncalibrated decision calibration cannot beat
+    assert fit_calibration(val_a, val_v, val_y, 4, uncalibrated=perfect).fell_back
+
+
+def test_dlc_falls_back_where_calibration_collapsed_a_ci_seed(tmp_path):
+    """Issue 14: `ci` suite seed 6 lost 10 points (test 61 % against joint's 70 %): its best-on-validation
+    checkpoint was calibrated from 77 % to 67 % validation accuracy. Now the calibration is refused
+    and dlc keeps joint's decision: the same test accuracy, `fell_back` logged."""
+    from mmbench.check import suite_configs
+
+    for method in ("joint", "dlc"):
+        engine.run(suite_configs("ci", [6], [method])[method][0], tmp_path / method)
+    dlc, joint = read_runs(tmp_path / "dlc").iloc[0], read_runs(tmp_path / "joint").iloc[0]
+    assert dlc["best_val_acc"] == joint["best_val_acc"] and dlc["best_val_acc"] > 0.69
+    assert read_epochs(tmp_path / "dlc")["diag_fell_back"].isin([0.0, 1.0]).all()
 
 
 def _biased_logits(n=3000, seed=0):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mmbench import check, stats
+from mmbench import check
 from mmbench.cli import app
 from mmbench.registry import METHODS as METHODS_REGISTRY
 
@@ -90,7 +89,7 @@ def test_update_says_what_changed(small_baseline, tmp_path):
 @pytest.mark.parametrize("content, message", [
     (None, "no baseline.json there; create it with `mmbench check"),
     ("{not json", "is not valid JSON"),
-    ('{"format": 99}', "is not a format-1 mmbench baseline"),
+    ('{"format": 99}', "is not a format-2 mmbench baseline"),
 ])
 def test_bad_baselines_fail_with_one_line(tmp_path, content, message):
     if content is not None:
@@ -117,30 +116,20 @@ def seeds(method: str, accs) -> list[check.SeedResult]:
     return [check.SeedResult(i, float(a), round(a * 600), 600, f"{method}-new{i}") for i, a in enumerate(accs)]
 
 
-@pytest.mark.parametrize("n, threshold, mde", [(3, 2.08, 2.61), (5, 1.68, 2.11), (8, 1.40, 1.76)])
-def test_thresholds_match_the_table_of_stats_md(n, threshold, mde):
-    """STATS §6.2: m = 6 methods, α_family = 0.01 (first step: α/m), n_ref = 20, in units of σ."""
-    rng = np.random.default_rng(1)
-    reference = rng.standard_normal(20)
-    reference = (reference - reference.mean()) / reference.std(ddof=1)  # SD exactly 1
-    test = stats.non_inferiority(np.zeros(n), reference, sigma_floor=0.0, alpha=0.01 / 6)
-    assert test.threshold == pytest.approx(threshold, abs=0.01) and test.mde == pytest.approx(mde, abs=0.01)
-
-
-def test_a_drop_past_the_threshold_fails_and_a_gain_past_it_is_stale():
-    baseline = fake_baseline({"a": 0.70, "b": 0.70, "c": 0.70}, sd=0.03)  # above the floor (1.9 pp)
-    ref = {m: np.mean(v["acc"]) for m, v in baseline["methods"].items()}
+def test_a_drop_past_the_margin_fails_a_gain_is_stale_and_a_small_drop_passes():
+    baseline = fake_baseline({"a": 0.70, "b": 0.70, "c": 0.70}, sd=0.03)
+    ref = {m: np.median(v["acc"]) for m, v in baseline["methods"].items()}
     current = {"a": seeds("a", [ref["a"] - 0.10] * 5), "b": seeds("b", [ref["b"] + 0.10] * 5),
-               "c": seeds("c", [ref["c"] - 0.005] * 5)}
+               "c": seeds("c", [ref["c"] - 0.003] * 5)}
     verdicts = {v.method: v for v in check.compare(baseline, current, exact_allowed=True)}
     assert verdicts["a"].status == "REGRESSED" and verdicts["b"].status == "stale"
     assert verdicts["c"].status == "pass"
-    assert verdicts["a"].test.sigma == pytest.approx(np.std(baseline["methods"]["a"]["acc"], ddof=1))
+    assert verdicts["a"].test.shift == pytest.approx(-0.10, abs=0.03)
 
 
 def test_noise_of_the_size_of_the_baseline_spread_rarely_fails():
-    """No regression, current seeds drawn with the baseline's spread: the family-wise false-alarm
-    rate stays near α_family = 0.01 (400 simulated CI runs of 8 methods x 5 seeds)."""
+    """No regression, current seeds drawn like the baseline's: the family-wise false-alarm rate
+    stays at or below α_family = 0.01 (400 simulated CI runs of 8 methods x 5 seeds)."""
     means = {f"m{i}": 0.70 for i in range(8)}
     baseline = fake_baseline(means, sd=0.02)
     rng = np.random.default_rng(2)
@@ -148,15 +137,37 @@ def test_noise_of_the_size_of_the_baseline_spread_rarely_fails():
     for _ in range(400):
         current = {m: seeds(m, 0.70 + 0.02 * rng.standard_normal(5)) for m in means}
         alarms += any(v.failed for v in check.compare(baseline, current, exact_allowed=True))
-    assert alarms / 400 <= 0.04
+    assert alarms / 400 <= 0.02
 
 
-def test_the_floor_keeps_a_too_quiet_baseline_from_failing_everything():
-    baseline = fake_baseline({"a": 0.70}, sd=0.0)  # all seeds agree: SD 0
-    floor = check.sigma_floor(0.70, 600)
-    assert floor == pytest.approx(math.sqrt(0.7 * 0.3 / 600))
-    verdict = check.compare(baseline, {"a": seeds("a", [0.69] * 5)}, exact_allowed=True)[0]
-    assert verdict.status == "pass" and verdict.test.sigma == pytest.approx(floor)
+def test_one_collapsed_seed_does_not_fail_a_method():
+    """Issue 14: seeds 25-29 failed dlc at Holm p 0.005 with no code change, one seed having
+    collapsed to 302/600; the rank test gives that seed the weight of any other low value."""
+    accs = [0.68, 0.715, 0.715, 0.7133, 0.7167, 0.705, 0.6117, 0.7433, 0.7133, 0.715, 0.7117, 0.705,
+            0.7133, 0.715, 0.7167, 0.715, 0.7183, 0.715, 0.715, 0.715]
+    baseline = {"methods": {"dlc": {"seeds": list(range(20)), "acc": accs, "preds_sha256": [""] * 20}}}
+    current = {"dlc": [check.SeedResult(25 + i, a, 0, 600, "x")
+                       for i, a in enumerate([0.715, 0.7133, 0.715, 0.7167, 302 / 600])]}
+    assert check.compare(baseline, current, exact_allowed=True)[0].status == "pass"
+
+
+def test_rerun_seeds_are_paired_with_their_baseline_twins():
+    """Common random numbers: the CI reruns the baseline's seeds 0-4. A 2 pp drop hidden in a
+    baseline spread of 5 pp is invisible to a comparison with the seed distribution, but the
+    per-seed differences show it (a numerics change alone moves the twins by ~0.2 pp)."""
+    rng = np.random.default_rng(4)
+    baseline = fake_baseline({"a": 0.75}, sd=0.05)
+    twins = np.array(baseline["methods"]["a"]["acc"][:5])
+    dropped = [check.SeedResult(s, float(a), 0, 600, "x")
+               for s, a in enumerate(twins - 0.02 + 0.002 * rng.standard_normal(5))]
+    verdict = check.compare(baseline, {"a": dropped}, exact_allowed=True)[0]
+    assert verdict.status == "REGRESSED" and verdict.paired.n == 5
+    assert verdict.test.p > 0.01  # the rank test alone would have passed it
+    moved = twins + 0.002 * rng.standard_normal(5)
+    unchanged = [check.SeedResult(s, float(a), 0, 600, "x") for s, a in enumerate(moved)]
+    assert check.compare(baseline, {"a": unchanged}, exact_allowed=True)[0].status == "pass"
+    fresh = [check.SeedResult(100 + s, r.acc, 0, 600, "x") for s, r in enumerate(dropped)]
+    assert check.compare(baseline, {"a": fresh}, exact_allowed=True)[0].paired is None  # nothing to pair
 
 
 def test_exact_needs_every_seed_to_match_and_a_new_method_is_flagged():
@@ -167,6 +178,48 @@ def test_exact_needs_every_seed_to_match_and_a_new_method_is_flagged():
     one_off = same[:4] + [check.SeedResult(4, 0.7, 420, 600, "changed")]
     assert check.compare(baseline, {"a": one_off}, exact_allowed=True)[0].status != "exact"
     assert check.compare(baseline, {"z": same}, exact_allowed=True)[0].status == "no baseline"
+
+
+BASELINES = Path(__file__).parents[1] / "results" / "baselines" / "ci"
+# Where benchmarks/check_gate_rates.py measured >= 80 % detection of a 2 pp drop (docs/statistics.md):
+# the others' seeds spread too much for 5 CI seeds on this suite.
+GATE_CATCHES_2PP = {"fresh": ("joint", "dlc", "ogm-ge", "unimodal"), "numerics": ("arm", "ogm-ge", "unimodal")}
+
+
+def _gate_rates():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_gate_rates", BASELINES.parents[2] / "benchmarks" /
+                                                  "check_gate_rates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pool_of_trained_seeds_is_the_training_behind_the_committed_baseline():
+    """pool.json (benchmarks/check_gate_rates.py) holds seeds 0-39 of every method: its seeds 0-19
+    are the baseline's very runs, prediction hash for prediction hash."""
+    pool = json.loads((BASELINES / "pool.json").read_text())
+    baseline = check.load_baseline(BASELINES, "ci")
+    assert pool["settings"] == baseline["settings"] and set(pool["pool"]) == set(baseline["methods"])
+    for method, entry in baseline["methods"].items():
+        assert [pool["pool"][method][str(s)][1] for s in entry["seeds"]] == entry["preds_sha256"], method
+        assert len(pool["pool"][method]) == 40 and len(pool["twins"][method]) == 20
+
+
+def test_the_gate_on_trained_seeds_keeps_false_alarms_under_one_percent():
+    """Issue 14, replayed on the committed trained seeds (a cheap version of the benchmark):
+    CI draws 5 seeds the baseline never saw (worst case for pairing), or reruns baseline seeds
+    under another CPU capability; an unchanged method must fail in at most 1 % of CI runs, and
+    a 2 pp drop must be caught where the seeds' spread allows (see docs/statistics.md)."""
+    rates = _gate_rates()
+    pool = json.loads((BASELINES / "pool.json").read_text())
+    fresh, numerics = (rates.rates(pool, scenario, trials=200, seed=1) for scenario in ("fresh", "numerics"))
+    assert fresh["false_alarm"] <= 0.01 and numerics["false_alarm"] <= 0.01
+    for method in GATE_CATCHES_2PP["fresh"]:
+        assert fresh["detection"][method] >= 0.8, method
+    for method in GATE_CATCHES_2PP["numerics"]:
+        assert numerics["detection"][method] >= 0.8, method
 
 
 @pytest.mark.parametrize("method", METHODS_REGISTRY.names())

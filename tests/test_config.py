@@ -142,3 +142,13 @@ def test_with_several_methods_a_hyperparameter_goes_to_the_methods_that_have_it(
     assert uni.hparams == {"modality": "visual"}
     with pytest.raises(ConfigError, match="unknown key 'alpha'"):
         expand(["joint", "unimodal"], "synthetic", [0], "benchmark", {"alpha": "1"})
+
+
+def test_a_method_prefix_scopes_any_setting_to_that_method():
+    """Issue 14 item 10: `mmbench check --set joint.lr=...` was rejected (lr is a core key)."""
+    from mmbench import check
+
+    configs = check.suite_configs("ci", [0], ["joint", "opm"], {"joint.lr": "0.5", "opm.epochs": "2"})
+    joint, opm = configs["joint"][0], configs["opm"][0]
+    assert (joint.lr, opm.lr) == (0.5, check.suite_configs("ci", [0], ["opm"])["opm"][0].lr)
+    assert (joint.epochs, opm.epochs) == (check.SUITES["ci"]["settings"]["epochs"], 2)

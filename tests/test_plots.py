@@ -195,3 +195,16 @@ def test_smoke_real_results_folder(tmp_path):
     assert_image(plots.curves_plot(runs, epochs, "synthetic", figures / "curves.png"))
     assert_image(plots.diagnostics_plot(runs, epochs, "synthetic", figures / "diagnostics.png"))
     assert_image(plots.imbalance_plot(runs, "synthetic", figures / "imbalance.png", selection="final"))
+
+
+def test_strip_plot_pairs_each_method_with_the_baseline_not_in_a_chain():
+    rows = pd.DataFrame({"method": ["joint", "a", "b"] * 2, "_key": [0, 0, 0, 1, 1, 1],
+                         "_x": [0.0, 1.0, 2.0, 0.1, 1.1, 2.1], "_y": [70.0, 72.0, 74.0, 71.0, 73.0, 75.0]})
+    segments = plots.pair_segments(rows, "joint")
+    assert sorted(segments) == sorted([((0.0, 70.0), (1.0, 72.0)), ((0.0, 70.0), (2.0, 74.0)),
+                                       ((0.1, 71.0), (1.1, 73.0)), ((0.1, 71.0), (2.1, 75.0))])
+
+
+def test_forest_rows_say_which_comparisons_were_unpaired():
+    deltas = pd.DataFrame({"label": ["a · d1", "b · d1"], "significant": [True, False], "test": ["paired-t", "welch"]})
+    assert plots.forest_labels(deltas) == ["a · d1 †", "b · d1 (unpaired)"]

@@ -73,12 +73,100 @@ def test_unpaired_seeds_use_welch():
     assert "?" in row["mark"]  # n = 3 is flagged as low power
 
 
-def test_seeds_that_do_not_match_are_paired_on_the_common_ones():
-    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): [0.8, 0.81, 0.79]},
-                     seeds={("d1", "a"): [2, 3, 9]})
+def test_a_small_seed_overlap_is_not_paired_and_the_row_says_what_entered():
+    """Issue 14 item 6: ogm seeds 3-9 against joint 0-4 were paired on 2 seeds while the row said
+    n = 7. Now too small an overlap means Welch on every run, and the row names it."""
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): [0.8, 0.81, 0.79]}, seeds={("d1", "a"): [2, 3, 9]})
     row = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method").loc["a"]
-    assert row["test"] == "paired-t" and row["n_pairs"] == 2
-    assert row["delta"] == pytest.approx(np.mean([0.8 - BASE[2], 0.81 - BASE[3]]))
+    assert row["test"] == "welch" and row["n_pairs"] == 0 and row["n_used"] == "3/5"
+    assert "unpaired (only 2 common seeds)" in row["dropped"]
+
+
+def test_pairs_on_a_large_overlap_list_the_seeds_left_out_and_nan_values():
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): [0.8, 0.81, 0.79, 0.75]},
+                     seeds={("d1", "a"): [0, 1, 2, 9]})
+    runs.loc[(runs["method"] == "a") & (runs["seed"] == 1), "best_val_acc"] = np.nan
+    row = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method").loc["a"]
+    assert row["test"] == "paired-t" and row["n_pairs"] == 2 and row["n_used"] == "2/2"
+    assert row["delta"] == pytest.approx(np.mean([0.8 - BASE[0], 0.79 - BASE[2]]))
+    assert "a seeds 1: best_val_acc is NaN" in row["dropped"]
+    assert "a seeds 9: no partner seed" in row["dropped"] and "joint seeds 3,4: no partner seed" in row["dropped"]
+
+
+def test_a_constant_shift_is_tested_by_sign_flips_and_never_both_significant_and_equivalent():
+    """Issue 14 item 5: an identical per-seed shift gave p = 0, CI [Δ, Δ], marked significant and
+    equivalent."""
+    ten = [0.70, 0.72, 0.71, 0.69, 0.73, 0.70, 0.71, 0.72, 0.70, 0.71]
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "shifted"): [v + 0.005 for v in BASE]})
+    row = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method").loc["shifted"]
+    assert row["test"] == "sign-flip" and row["p"] == pytest.approx(0.0625) and not row["significant"]
+    assert not row["equivalent"] and np.isnan(row["delta_low"])
+    noise = np.array([1, -1, 2, -2, 0, 1, -1, 0, 2, -2]) * 1e-4
+    runs = fake_runs({("d1", "joint"): ten, ("d1", "tiny"): list(np.add(ten, 0.004 + noise))})
+    row = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method").loc["tiny"]
+    assert row["significant"] and -0.01 < row["delta_low"] and row["delta_high"] < 0.01  # inside the ROPE
+    assert not row["equivalent"] and "≈" not in row["mark"]
+
+
+def test_bca_intervals_and_the_rope_prior_are_shown():
+    from mmbench import render
+
+    ten = [0.70, 0.72, 0.71, 0.69, 0.73, 0.70, 0.71, 0.72, 0.70, 0.71]
+    runs = fake_runs({("d1", "joint"): ten, ("d1", "a"): list(np.add(ten, [0.01, 0.03, 0.0, 0.02, 0.01] * 2))})
+    report = build_report(runs, pd.DataFrame(), ReportOptions())
+    table = render.tables(report)[0]
+    column = table.headers.index("Δ BCa 95% (n ≥ 10)")
+    row = report.main.set_index("method").loc["a"]
+    assert table.rows[1][column] == f"[{row['bootstrap_low'] * 100:+.2f}, {row['bootstrap_high'] * 100:+.2f}]"
+    assert any("posterior probability under a flat prior" in note for note in report.notes)
+
+
+def test_paper_selection_is_shown_with_a_warning_and_never_tested():
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): [v + 0.05 for v in BASE]})
+    report = build_report(runs, pd.DataFrame(), ReportOptions(selection="paper"))
+    row = report.main.set_index("method").loc["a"]
+    assert row["delta"] == pytest.approx(0.05) and np.isnan(row["p"]) and not row["significant"]
+    assert row["mark"] == "" and any(note.startswith("WARNING --selection paper") for note in report.notes)
+
+
+def test_a_secondary_endpoint_is_exploratory():
+    """Issue 14 item 8: one primary (metric, selection) per report; the others are unmarked."""
+    a = [0.75, 0.78, 0.75, 0.74, 0.79]
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): a})
+    primary = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method").loc["a"]
+    final = build_report(runs, pd.DataFrame(), ReportOptions(selection="final"))
+    row = final.main.set_index("method").loc["a"]
+    assert primary["significant"] and "†" in primary["mark"]
+    assert row["p"] == pytest.approx(primary["p"]) and not row["significant"] and "*" not in row["mark"]
+    assert any(note.startswith("EXPLORATORY: the primary endpoint is acc@best-val") for note in final.notes)
+    registered = build_report(runs, pd.DataFrame(), ReportOptions(selection="final", primary="acc@final"))
+    assert registered.main.set_index("method").loc["a", "significant"]
+
+
+def test_the_holm_family_counts_every_comparison_attempted():
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): [0.75, 0.78, 0.75, 0.74, 0.79], ("d1", "same"): BASE})
+    main = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method")
+    p = main.loc["a", "p"]
+    assert np.isnan(main.loc["same", "p"])  # identical: no p, but it was a comparison
+    assert main.loc["a", "p_holm"] == pytest.approx(min(1.0, 2 * p))
+
+
+def test_imbalance_degree_is_the_mean_of_each_run_and_dominance_is_counted():
+    """Issue 14 item 7: two runs at I = 1, one audio- and one visual-dominated, averaged to 0."""
+    runs = fake_runs({("d1", "aug"): [0.8, 0.8, 0.8, 0.8]})
+    runs["best_val_shapley_a"] = [0.3, 0.0, 0.25, 0.05]
+    runs["best_val_shapley_v"] = [0.0, 0.3, 0.05, 0.25]
+    row = build_report(runs, pd.DataFrame(), ReportOptions(baseline="aug")).imbalance.iloc[0]
+    per_run = [1.0, 1.0, 0.2 / 0.3, 0.2 / 0.3]
+    assert row["imbalance_degree"] == pytest.approx(np.mean(per_run))
+    assert (row["audio_dominates"], row["visual_dominates"]) == (0.5, 0.5)
+
+
+def test_rho_is_averaged_on_the_log_scale():
+    runs = fake_runs({("d1", "joint"): [0.7, 0.7]})
+    runs["best_val_rho"] = [4.0, 0.25]
+    row = build_report(runs, pd.DataFrame(), ReportOptions()).imbalance.iloc[0]
+    assert row["rho"] == pytest.approx(1.0)  # the arithmetic mean, 2.125, says "audio-dominated"
 
 
 def test_identical_results_and_zero_variance():
@@ -104,6 +192,7 @@ def test_across_datasets_with_a_method_missing_on_one():
     across = report.across.set_index("method")
     assert across.loc["a", "delta"] == pytest.approx(0.02)  # fixed-datasets mean of +3 and +1 pp
     assert across.loc["a", "n_datasets"] == 2 and across.loc["b", "n_datasets"] == 1
+    assert across.loc["b", "n_ranked"] == across.loc["a", "n_ranked"] == 1  # ranks: complete datasets only (d2)
     assert (across.loc["a", "wins"], across.loc["a", "ties"], across.loc["a", "losses"]) == (1, 1, 0)
     assert any("1 of 2 datasets" in note for note in report.notes)
     assert report.friedman is None and any("omitted" in note for note in report.notes)
@@ -139,7 +228,7 @@ def test_report_in_every_format(results, tmp_path):
     row = next(r for r in data["main"] if r["method"] == "opm")
     assert row["delta"] == pytest.approx(np.mean(opm - joint))
     markdown = (out / "report.md").read_text()
-    assert "| method | n | mean ± SD |" in markdown and "figures/synthetic-seeds.png" in markdown
+    assert "| method | n | n used | mean ± SD |" in markdown and "figures/synthetic-seeds.png" in markdown
     tex = (out / "report.tex").read_text()
     assert r"\toprule" in tex and r"\textbf{" in tex and r"\begin{tabular}" in tex
     page = (out / "report.html").read_text()
@@ -171,6 +260,31 @@ def test_html_report_renders_in_headless_chromium(results, tmp_path):
     rgb = image[..., :3]
     assert (rgb.mean(axis=2) < 0.3).mean() > 0.002
     assert ((rgb.max(axis=2) - rgb.min(axis=2)) > 0.3).mean() > 0.002
+
+
+def test_json_is_accepted_as_a_format(results, tmp_path):
+    result = runner.invoke(app, ["report", str(results), "--format", "terminal,json", "--resample-test",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["options"]["primary"] == "acc@best-val" and "test resampled" in result.output
+    assert all(r["delta_low_rt"] is not None for r in data["main"] if r["method"] != "joint")
+    bad = runner.invoke(app, ["report", str(results), "--primary", "acc@paper", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "--primary acc@paper: expected METRIC@SELECTION" in bad.output
+
+
+def test_resample_test_varies_the_test_clips_paired_across_methods(results):
+    runs, epochs = load_results([results])
+    report = build_report(runs, epochs, ReportOptions(resample_test=True))
+    row = report.main.set_index("method").loc["opm"]
+    assert row["delta_low_rt"] < row["delta"] < row["delta_high_rt"]
+    # a copy of joint under another name: the same predictions on the same resampled clips, so
+    # every replicate's Δ is exactly 0 (clips resampled independently per method would not be)
+    copy = runs[runs["method"] == "joint"].assign(variant="copy", run_id=lambda f: f["run_id"])
+    both = pd.concat([runs[runs["method"] == "joint"], copy], ignore_index=True)
+    same = build_report(both, epochs, ReportOptions(resample_test=True)).main.set_index("method").loc["copy"]
+    assert same["delta_low_rt"] == same["delta_high_rt"] == 0.0
+    assert any(note.startswith("Δ [95 %, test resampled]") for note in report.notes)
 
 
 def test_report_errors_are_one_line(results, tmp_path):

@@ -27,9 +27,10 @@ def test_identical_results_give_no_p_value_and_a_zero_interval():
     assert c.mean_diff == 0 and (c.ci_low, c.ci_high) == (0, 0) and math.isnan(c.p_value)
 
 
-def test_a_constant_nonzero_difference_is_certain():
+def test_a_constant_nonzero_difference_gets_the_exact_sign_flip_p_and_no_interval():
     c = paired_comparison([71.0, 72.0, 73.0], [70.0, 71.0, 72.0])
-    assert (c.mean_diff, c.ci_low, c.ci_high, c.p_value) == (1.0, 1.0, 1.0, 0.0)
+    assert c.mean_diff == 1.0 and c.p_value == pytest.approx(2 / 2**3)  # was p = 0, CI [1, 1]
+    assert math.isnan(c.ci_low) and math.isnan(c.ci_high)
 
 
 def test_needs_pairs():
@@ -58,8 +59,9 @@ from mmbench.stats import (  # noqa: E402
     mcnemar_exact,
     mean_ranks,
     nemenyi_cd,
-    non_inferiority,
+    paired_shift_test,
     shapley_two,
+    shift_test,
     signflip_pvalue,
     summarize,
     wilson_interval,
@@ -204,17 +206,17 @@ def test_identical_results():
 
 
 def test_constant_nonzero_difference_without_warnings():
-    # 0.71 - 0.70 and 0.72 - 0.71 differ in the last bits: still "constant"
+    # 0.71 - 0.70 and 0.72 - 0.71 differ in the last bits: still constant. The t-test would give
+    # p = 0 and CI [Δ, Δ]; the exact sign-flip test gives its smallest p, 2/2^n.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         c = compare([0.71, 0.72, 0.73, 0.75, 0.74, 0.76], [0.69, 0.70, 0.71, 0.73, 0.72, 0.74], paired=True)
-    assert (c.test, c.p, c.sd_diff, c.mde) == ("constant", 0.0, 0.0, 0.0)
-    assert c.delta == pytest.approx(0.02) and c.ci_low == c.ci_high == c.delta
-    assert math.isnan(c.d_z)
-    assert (c.p_worse, c.p_rope, c.p_better) == (0.0, 0.0, 1.0)
-    assert c.signflip_p == pytest.approx(2 / 64)  # the smallest attainable
-    exactly_one_rope = compare([0.71, 0.72, 0.73], [0.70, 0.71, 0.72], paired=True, rope=0.01)
-    assert exactly_one_rope.test == "constant" and exactly_one_rope.p_rope == 1.0
+    assert (c.test, c.sd_diff) == ("sign-flip", 0.0)
+    assert c.p == pytest.approx(2 / 64) == c.signflip_p
+    assert c.delta == pytest.approx(0.02) and math.isnan(c.ci_low) and math.isnan(c.ci_high)
+    assert math.isnan(c.d_z) and math.isnan(c.mde) and math.isnan(c.p_rope)
+    five = compare([0.72] * 5, [0.715] * 5, paired=True)
+    assert five.test == "sign-flip" and five.p == pytest.approx(0.0625)  # never below 0.0625 at n = 5
 
 
 def test_two_seeds():
@@ -254,7 +256,9 @@ def test_welch_matches_scipy_and_statsmodels():
     assert c.p == pytest.approx(means.ttest_ind(usevar="unequal")[1])
     assert (c.ci_low, c.ci_high) == pytest.approx(means.tconfint_diff(usevar="unequal"))
     se = math.sqrt(a.var(ddof=1) / 5 + b.var(ddof=1) / 7)
-    assert c.mde == pytest.approx((stats.t.ppf(0.975, 10) + stats.t.ppf(0.8, 10)) * se)
+    # the MDE uses the test's own Welch df (it used n_a + n_b - 2 = 10)
+    assert ref.df != 10
+    assert c.mde == pytest.approx((stats.t.ppf(0.975, ref.df) + stats.t.ppf(0.8, ref.df)) * se)
     posterior = stats.t(ref.df, loc=a.mean() - b.mean(), scale=se)
     assert c.p_better == pytest.approx(posterior.sf(0.005))
     assert all(math.isnan(v) for v in (c.sd_diff, c.d_z, c.g_z, c.correlation, c.signflip_p,
@@ -285,7 +289,9 @@ def test_welch_drops_nans_and_handles_constant_arms():
     same = compare([0.7, 0.7], [0.7, 0.7, 0.7], paired=False)
     assert same.test == "identical" and same.delta == 0 and math.isnan(same.p)
     shifted = compare([0.72, 0.72], [0.7, 0.7, 0.7], paired=False)
-    assert shifted.test == "constant" and shifted.p == 0.0 and shifted.ci_low == shifted.ci_high == shifted.delta
+    # exact permutation: 1 of C(5, 2) = 10 splits puts both 0.72s in the first arm; two-sided 0.2
+    assert shifted.test == "permutation" and shifted.p == pytest.approx(0.2)
+    assert shifted.delta == pytest.approx(0.02) and math.isnan(shifted.ci_low)
 
 
 def test_paired_comparison_is_a_view_of_compare():
@@ -451,33 +457,51 @@ def test_mcnemar_exact_matches_statsmodels():
 # CI gate
 
 
-@pytest.mark.parametrize(("n", "n_ref", "threshold", "mde"),
-                         [(3, 20, 2.08, 2.61), (5, 10, 2.17, 2.65), (5, 20, 1.68, 2.11), (8, 20, 1.40, 1.76)])
-def test_non_inferiority_thresholds_table(n, n_ref, threshold, mde):
-    reference = _with_sd(n_ref, 1.0, 70.0)  # sd exactly 1 sigma
-    result = non_inferiority(np.full(n, 70.0), reference, sigma_floor=0.5, alpha=0.01 / 6)
-    assert (result.n, result.n_ref, result.sigma) == (n, n_ref, pytest.approx(1.0))
-    assert result.threshold == pytest.approx(threshold, abs=0.005)
-    assert result.mde == pytest.approx(mde, abs=0.005)
-    assert not result.regressed and result.p == pytest.approx(0.5)
+def test_shift_test_a_clear_drop_gets_the_smallest_permutation_p():
+    """All 5 current values below all 20 reference values: rank sum 1+...+5 = 15, the minimum of
+    C(25, 5) = 53 130 equally likely splits."""
+    result = shift_test([0.70] * 5, [0.715] * 19 + [0.76], margin=0.005)
+    assert result.p == pytest.approx(1 / math.comb(25, 5))
+    assert result.p_gain == 1.0 and result.shift == pytest.approx(-0.015)
 
 
-def test_non_inferiority_decision_and_floor():
-    reference = _with_sd(20, 1.0, 70.0)
-    gate = non_inferiority(np.full(5, 70.0), reference, 0.5, 0.01 / 6)
-    passes = non_inferiority(np.full(5, 70.0 - gate.threshold * 0.999), reference, 0.5, 0.01 / 6)
-    fails = non_inferiority(np.full(5, 70.0 - gate.threshold * 1.001), reference, 0.5, 0.01 / 6)
-    assert not passes.regressed and fails.regressed
-    current = np.array([69.0, 68.5, 69.5, 70.0, 68.0])
-    r = non_inferiority(current, reference, 0.5, 0.01)
-    t = (current.mean() - 70.0) / math.sqrt(1 / 5 + 1 / 20)
-    assert (r.delta, r.t, r.p) == (pytest.approx(current.mean() - 70), pytest.approx(t),
-                                   pytest.approx(stats.t.cdf(t, 19)))
-    floored = non_inferiority(current, _with_sd(20, 0.1, 70.0), sigma_floor=0.5, alpha=0.01)
-    assert floored.sigma == 0.5
-    improved = non_inferiority(np.full(5, 75.0), reference, 0.5, 0.01)
-    assert not improved.regressed and improved.p > 0.99
-    with pytest.raises(ValueError):
-        non_inferiority(current, [70.0], 0.5, 0.01)
-    with pytest.raises(ValueError):
-        non_inferiority(current, np.full(20, 70.0), 0.0, 0.01)
+def test_shift_test_a_drop_of_exactly_the_margin_passes():
+    # 0.71 + 0.005 ties with the nineteen 0.715s (accuracies on a 1/600 grid): a split has the
+    # observed rank sum 5 x 12.5 unless it holds the 0.76, so p = P(R <= 62.5) = 20/25
+    assert shift_test([0.71] * 5, [0.715] * 19 + [0.76], margin=0.005).p == pytest.approx(0.8)
+    assert shift_test([0.709] * 5, [0.715] * 19 + [0.76], margin=0.005).p < 1e-4
+
+
+def test_shift_test_matches_enumerating_every_split_with_ties():
+    import itertools
+
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        current, reference = np.round(rng.random(4) * 10) / 10, np.round(rng.random(9) * 10) / 10
+        ranks = stats.rankdata(np.concatenate([current, reference]))
+        sums = np.array([ranks[list(c)].sum() for c in itertools.combinations(range(13), 4)])
+        observed = ranks[:4].sum()
+        result = shift_test(current, reference, margin=0.0)
+        assert result.p == pytest.approx(np.mean(sums <= observed + 1e-9))
+        assert result.p_gain == pytest.approx(np.mean(sums >= observed - 1e-9))
+
+
+def test_shift_test_one_collapsed_seed_cannot_fail_a_method():
+    """The old t-test failed dlc on one seed at 302/600; ranks give that seed no more weight than
+    any other value below the reference."""
+    reference = [0.715] * 15 + [0.70, 0.7133, 0.72, 0.7433, 0.6117]
+    assert shift_test([0.715, 0.715, 0.7133, 0.715, 302 / 600], reference, margin=0.005).p > 0.2
+
+
+def test_paired_shift_test_formula_and_constant_differences():
+    current = np.array([0.70, 0.69, 0.71, 0.70, 0.695])
+    reference = np.array([0.72, 0.72, 0.72, 0.72, 0.72])
+    d = current - reference
+    result = paired_shift_test(current, reference, margin=0.005)
+    se = d.std(ddof=1) / math.sqrt(5)
+    assert result.p == pytest.approx(stats.t.cdf((d.mean() + 0.005) / se, 4))
+    assert result.p_gain == pytest.approx(stats.t.sf((d.mean() - 0.005) / se, 4))
+    # every seed moved by the same amount: past the margin -> p 0, within it -> p 1
+    assert paired_shift_test(reference - 0.01, reference, 0.005).p == 0.0
+    assert paired_shift_test(reference - 0.002, reference, 0.005).p == 1.0
+    assert paired_shift_test([0.7], [0.7], 0.005) is None
