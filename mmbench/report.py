@@ -193,8 +193,9 @@ def resample_test_intervals(runs: pd.DataFrame, main: pd.DataFrame, options: Rep
             deltas = _replicate_deltas(cell, base, accs, bool(main.at[i, "n_pairs"]), rng)
             main.at[i, "delta_low_rt"], main.at[i, "delta_high_rt"] = np.percentile(deltas, [2.5, 97.5])
     notes.append(f"Δ [95 %, test resampled]: {TEST_RESAMPLES} bootstrap replicates drawing both seeds and test "
-                 "clips (the same clips for every method); wider than the seed-only interval by what the "
-                 "finite test set adds")
+                 "clips (the same clips for every method), so it also covers the finite test set; with fewer "
+                 "than about 10 seeds a percentile bootstrap over seeds is too narrow, so read it next to the "
+                 "t-interval, not instead of it")
     return main
 
 
