@@ -169,8 +169,8 @@ class AUG(Method):
             optimizer.step()
             z[m] = torch.stack(head_logits).sum(0).detach()
             self.scores[m] += float(true_class_score(z[m], batch.y))
-        ctx.log(loss_a=losses["a"].item(), loss_v=losses["v"].item(),
-                gap=losses["a"].item() - losses["v"].item())
+        loss_a, loss_v = losses["a"].detach().double(), losses["v"].detach().double()
+        ctx.log(loss_a=loss_a, loss_v=loss_v, gap=loss_a - loss_v)
         alpha = self.hp["merge_alpha"]
         return Outputs(alpha * z["a"] + (1 - alpha) * z["v"], z["a"], z["v"]), losses["a"] + losses["v"]
 

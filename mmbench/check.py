@@ -73,8 +73,7 @@ class Verdict:
     n_ref: int
     test: stats.ShiftTest | None = None
     paired: stats.PairedShiftTest | None = None
-    p: float = math.nan  # 2 min(p_rank, p_paired), before Holm
-    p_holm: float = math.nan
+    p_holm: float = math.nan  # Holm-adjusted 2 min(p_rank, p_paired)
 
     @property
     def failed(self) -> bool:
@@ -154,9 +153,9 @@ def compare(baseline: dict[str, Any], current: dict[str, list[SeedResult]], exac
     tests = [_method_tests(current[verdicts[i].method], baseline["methods"][verdicts[i].method], margin)
              for i in tested]
     adjusted = stats.holm([p for _rank, _paired, p, _gain in tests])
-    for i, (rank, paired, p, p_gain), p_holm in zip(tested, tests, adjusted, strict=True):
+    for i, (rank, paired, _p, p_gain), p_holm in zip(tested, tests, adjusted, strict=True):
         status = "REGRESSED" if p_holm < alpha_family else "stale" if p_gain < alpha_family else "pass"
-        verdicts[i] = dataclasses.replace(verdicts[i], status=status, test=rank, paired=paired, p=p,
+        verdicts[i] = dataclasses.replace(verdicts[i], status=status, test=rank, paired=paired,
                                           p_holm=float(p_holm))
     return verdicts
 

@@ -56,7 +56,7 @@ class RunContext:
     #: (or `forward(batch) -> Outputs`) over a split in eval mode, with the dataset's
     #: evaluation transform, concatenated on the CPU (set by the engine).
     infer: Callable[..., dict[str, torch.Tensor]] | None = None
-    _step_logs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    _step_logs: dict[str, list[float | torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
 
     @property
     def hp(self) -> dict[str, Any]:
@@ -72,14 +72,22 @@ class RunContext:
         return contextlib.nullcontext()
 
     def log(self, **values: float | torch.Tensor) -> None:
-        """Per-step diagnostics; their mean over the epoch becomes an epoch-row column."""
+        """Per-step diagnostics; their mean over the epoch becomes an epoch-row column. Tensors stay
+        on the device until the epoch ends (a host read per step would be a GPU sync)."""
         for key, value in values.items():
-            self._step_logs[key].append(float(value))
+            self._step_logs[key].append(value.detach() if isinstance(value, torch.Tensor) else float(value))
 
     def pop_epoch_logs(self) -> dict[str, float]:
-        means = {k: float(np.mean(v)) for k, v in self._step_logs.items() if v}
+        means = {k: float(np.mean(_to_floats(v))) for k, v in self._step_logs.items() if v}
         self._step_logs.clear()
         return means
+
+
+def _to_floats(values: list[float | torch.Tensor]) -> list[float]:
+    """One host read for all the epoch's tensor values (float32 -> float: exact, as float(t) per step)."""
+    tensors = [v.reshape(()) for v in values if isinstance(v, torch.Tensor)]
+    read = iter(torch.stack(tensors).double().tolist() if tensors else [])
+    return [next(read) if isinstance(v, torch.Tensor) else v for v in values]
 
 
 class Method(Plugin):

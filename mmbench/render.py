@@ -57,7 +57,7 @@ def tables(report: Report) -> list[TextTable]:
                          *([_interval(r, "delta_low_rt", "delta_high_rt")] if resampled else []),
                          pvalue(r.get("p")), pvalue(r.get("p_holm")), num(r.get("d_z"), 2),
                          num(r.get("p_better"), 2), pp(r.get("mde")) if not r.get("significant") else "",
-                         _test_name(r.get("test")), r.get("mark") or ""])
+                         _text(r.get("test")), r.get("mark") or ""])
             if _finite(r["mean"]) and r["mean"] == best:
                 bold.add((i, 3))
         dropped = [f"{r['method']}: {r['dropped']}" for r in group.to_dict("records") if _text(r.get("dropped"))]
@@ -98,10 +98,6 @@ def _interval(r: dict, low: str, high: str) -> str:
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
-
-
-def _test_name(test: object) -> str:
-    return test if isinstance(test, str) else ""
 
 
 def _imbalance(report: Report) -> TextTable:

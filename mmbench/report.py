@@ -201,14 +201,20 @@ def resample_test_intervals(runs: pd.DataFrame, main: pd.DataFrame, options: Rep
 
 def _correct(row: Any, selection: str) -> np.ndarray | None:
     """1.0/0.0 per test clip, ordered by sample id, from a run's prediction file (None if absent)."""
-    if not hasattr(row, "results_folder"):
+    table = _predictions(row, selection, ["pred"]) if hasattr(row, "results_folder") else pd.DataFrame()
+    if table.empty:
         return None
+    table = table.sort_values("sample_id")
+    return (table["pred"] == table["y"]).to_numpy(float)
+
+
+def _predictions(row: Any, selection: str, columns: list[str]) -> pd.DataFrame:
+    """One selection's rows of a run's prediction file (sample_id, y and `columns`); empty if absent."""
     path = RunPaths(Path(row.results_folder) / f"dataset={row.dataset}" / f"method={row.method}", row.run_id).preds
     if not path.is_file():
-        return None
-    table = pd.read_parquet(path, columns=["selection", "sample_id", "y", "pred"])
-    table = table[table["selection"] == selection].sort_values("sample_id")
-    return (table["pred"] == table["y"]).to_numpy(float)
+        return pd.DataFrame()
+    table = pd.read_parquet(path, columns=["selection", "sample_id", "y", *columns])
+    return table[table["selection"] == selection]
 
 
 def _replicate_deltas(cell: pd.DataFrame, base: pd.DataFrame, accs: dict[str, np.ndarray], paired: bool,
@@ -471,14 +477,7 @@ def capability_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str
 def _class_gaps(run: Any, ref: Any, m: str, selection: str) -> np.ndarray | None:
     """Per-class D5 of one run's modality m against one unimodal run, or None when either has no
     predictions of that modality or their test samples differ."""
-    def preds(row: Any) -> pd.DataFrame:
-        path = RunPaths(Path(row.results_folder) / f"dataset={row.dataset}" / f"method={row.method}",
-                        row.run_id).preds
-        if not path.is_file():
-            return pd.DataFrame()
-        table = pd.read_parquet(path, columns=["selection", "sample_id", "y", "pred", f"pred_{m}"])
-        return table[table["selection"] == selection]
-    own, alone = preds(run), preds(ref)
+    own, alone = (_predictions(row, selection, ["pred", f"pred_{m}"]) for row in (run, ref))
     if own.empty or alone.empty or (own[f"pred_{m}"] < 0).any():
         return None
     joined = own.merge(alone[["sample_id", "pred"]], on="sample_id", suffixes=("", "_unimodal"))
