@@ -35,6 +35,8 @@ def drop_probabilities(score_a, score_v, q_base, lam):
     (3.0, 1.0, 0.9, 1.0, (1.0, 0.0)),         # clipped to 1
 ])
 def test_drop_probabilities_by_hand(s_a, s_v, q_base, lam, expected):
+    """BML_TPAMI2024 code/models/Classifier.py:61-62 (r = tanh(relu(s_a/s_v - 1)), and the mirror),
+    :67-68 (q = q_base (1 + λ r) where r > 0, else 0), :70 (clipped to [0, 1])."""
     assert drop_probabilities(s_a, s_v, q_base, lam) == pytest.approx(expected)
 
 
