@@ -6,16 +6,16 @@ Every method of the `ci` suite is trained on a pool of seeds, and seeds 0-19 onc
 ATEN_CPU_CAPABILITY=default (a numerics change: the vector ISA of torch's CPU kernels), the
 situation in which CI leaves the exact path (finished runs in --out are read, not re-run). The
 gate's baseline is the pool's seeds 0-19 (what `mmbench check --update` trains). Simulated CI runs,
-each going through `check.compare` with 5 seeds per method:
+each going through `check.compare` with `check.N_CI` seeds per method:
 
-  fresh seeds:      5 of the pool's seeds 20-39, which the baseline has never seen, labelled as 5
-                    random baseline seeds, so the paired test pairs unrelated runs: the worst case
-                    (the issue's test of the gate; the paired test gains nothing here);
-  numerics change:  5 of seeds 0-19 rerun under the other ISA, paired with their twins: what CI
+  fresh seeds:      N_CI of the pool's seeds 20-39, which the baseline has never seen, labelled as
+                    N_CI random baseline seeds, so the paired test pairs unrelated runs: the worst
+                    case (the issue's test of the gate; the paired test gains nothing here);
+  numerics change:  N_CI of seeds 0-19 rerun under the other ISA, paired with their twins: what CI
                     meets on another CPU (exact matches included).
 
   false alarms: how often an unchanged CI run fails (any method), target <= 1 %;
-  detection:    how often a method whose 5 accuracies are all lowered by 2 pp fails, target >= 80 %.
+  detection:    how often a method whose N_CI accuracies are all lowered by 2 pp fails, target >= 80 %.
 
 The per-seed accuracies and hashes are written to --pool-file (committed as
 results/baselines/ci/pool.json) so that tests/test_check.py replays the simulation cheaply.
@@ -66,7 +66,7 @@ def train(seeds: list[int], out: Path, workers: int, env: dict[str, str] | None 
                 os.environ[key] = value
 
 
-def rates(data: dict[str, Any], scenario: str, n_ci: int = 5, trials: int = 2000, drop: float = 0.02,
+def rates(data: dict[str, Any], scenario: str, n_ci: int = check.N_CI, trials: int = 2000, drop: float = 0.02,
           seed: int = 0) -> dict[str, Any]:
     """Simulated CI runs of one scenario ("fresh" or "numerics") on the committed pool data."""
     rng = np.random.default_rng(seed)
@@ -133,11 +133,12 @@ def main() -> None:
 
         args.pool_file.parent.mkdir(parents=True, exist_ok=True)
         args.pool_file.write_text(json.dumps({"suite": "ci", "settings": check.SUITES["ci"]["settings"],
+                                              "selection": check.SELECTION,
                                               "twins_env": {"ATEN_CPU_CAPABILITY": "default"},
                                               "pool": as_json(pool), "twins": as_json(twins)}) + "\n")
     data = json.loads(args.pool_file.read_text())
     results = {scenario: rates(data, scenario, trials=args.trials) for scenario in ("fresh", "numerics")}
-    print(f"baseline: seeds 0-{check.N_REF - 1}; CI: 5 seeds per method; margin {check.MARGIN * 100:g} pp; "
+    print(f"baseline: seeds 0-{check.N_REF - 1}; CI: {check.N_CI} seeds per method; margin {check.MARGIN * 100:g} pp; "
           f"alpha_family {check.ALPHA_FAMILY}; {args.trials} simulated CI runs per scenario")
     print(f"{'method':10s} {'median %':>9s} {'SD pp':>6s} {'twin-diff SD':>13s} | {'false alarms':>12s} "
           f"{'caught -2pp':>11s} (fresh) | {'false alarms':>12s} {'caught -2pp':>11s} (numerics change)")

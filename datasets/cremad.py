@@ -1,6 +1,6 @@
 """`cremad`: CREMA-D from disk, in the official release layout or the papers' preprocessed ones.
 
-Layouts (docs/layouts.md, facts in DATA.md §1–2): `raw` (AudioWAV/*.wav + VideoFlash/*.flv,
+Layouts (docs/layouts.md): `raw` (AudioWAV/*.wav + VideoFlash/*.flv,
 frames picked by timestamp), `ogm-ge` (AudioWAV + Image-01-FPS/<clip>/NNNNN.jpg, split csvs
 in annotations/ or the root), `balancebench` (audio/<clip>.pt|npy|pkl|wav + visual/<clip>/
 frame_000NN.jpg). Labels come from the file name's emotion field; speakers are the actors.
@@ -48,7 +48,7 @@ class CremaD(PreparedDataset):
     @classmethod
     def scan(cls, root: Path, params: dict[str, Any]) -> Scan:
         if not root.is_dir():
-            raise DataError(f"--root {root}: no such folder (the CREMA-D folder with AudioWAV/ and VideoFlash/)")
+            raise DataError(f"--data-root {root}: no such folder (the CREMA-D folder with AudioWAV/ and VideoFlash/)")
         layout = params["layout"] if params["layout"] != "auto" else _detect(root)
         audio_dir, visual_dir = {"raw": ("AudioWAV", "VideoFlash"), "ogm-ge": ("AudioWAV", _image_dir(root)),
                                  "balancebench": ("audio", "visual")}[layout]

@@ -1,7 +1,7 @@
 """`kinetics-sounds`: the 31-class Kinetics-Sounds of OGM-GE / BalanceBenchmark / AMSS / AUG from disk.
 
 There is no official release: every group downloads the Kinetics-400 clips of these classes
-itself, so only the layouts are shared (docs/layouts.md, facts in DATA.md §3): `ogm-ge`
+itself, so only the layouts are shared (docs/layouts.md, facts in docs/layouts.md): `ogm-ge`
 (`name,10,label` lists, audio/<name>.npy fbank, visual/<name>/frame_000NN.jpg),
 `balancebench` (space-separated lists, .pkl or .npy audio), `amss` (name-label csvs,
 {train,test}_img/ and {train,test}_wav_pkl/), `raw` (video/<class>/<name>.mp4, decoded with
@@ -67,7 +67,7 @@ class KineticsSounds(PreparedDataset):
     @classmethod
     def scan(cls, root: Path, params: dict[str, Any]) -> Scan:
         if not root.is_dir():
-            raise DataError(f"--root {root}: no such folder (the Kinetics-Sounds folder; docs/layouts.md)")
+            raise DataError(f"--data-root {root}: no such folder (the Kinetics-Sounds folder; docs/layouts.md)")
         layout = params["layout"] if params["layout"] != "auto" else _detect(root)
         classes = cls.class_names(params)
         entries, split_files = _read_lists(root, layout, classes)

@@ -14,9 +14,11 @@ from __future__ import annotations
 import functools
 import json
 import math
+from typing import Any
 
 import torch
 
+from mmbench.config import check_range
 from mmbench.data import Batch, Dataset, Splits, TensorSplit
 from mmbench.registry import register_dataset
 
@@ -51,6 +53,19 @@ class Synthetic(Dataset):
         "epochs": 12, "batch_size": 64, "lr": 0.02, "lr_step": 8, "lr_gamma": 0.2,
         "encoder": "small_cnn", "encoder_width": 16, "eval_batch_size": 512,
     }
+
+    # (lowest, highest) of each setting: sizes the encoders can take, fractions in [0, 1].
+    ranges = {
+        "n_train": (10, math.inf), "n_test": (1, math.inf), "num_classes": (2, math.inf), "data_seed": (0, math.inf),
+        "audio_size": (8, math.inf), "image_size": (8, math.inf), "frames": (1, math.inf),
+        "audio_strength": (0, math.inf), "audio_confusion": (0, 1), "visual_strength": (0, math.inf),
+        "visual_envelope": (0.5, math.inf), "augment_noise": (0, math.inf),
+    }
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        for key, (low, high) in cls.ranges.items():
+            check_range(key, cfg.data[key], low, high)
 
     @property
     def classes(self) -> list[str]:

@@ -21,7 +21,7 @@ points of test accuracy: a near-chance visual branch (T -> 148) and one class wi
 0.36 against 0.92 for the others shrank that class's audio score, and the best-on-validation
 checkpoint (epoch 0) was calibrated into 67 % validation accuracy from 77 %. Its raw NLL had
 fallen (the weights halve the logit scale); at each decision's best temperature it rose.
-Diagnostics (METHODS.md 5.2), for every run of any method: D1-D4 in each epoch and run row, D1
+Diagnostics (docs/methods.md), for every run of any method: D1-D4 in each epoch and run row, D1
 also per class (`d1_class_<c>` = ||W_a[c]|| / ||W_v[c]||); D5, the per-class capability gap
 against separately trained `unimodal` runs of the same seed, is computed by `mmbench report`
 from the stored predictions (a run row must not depend on which other runs exist).

@@ -1,7 +1,8 @@
-"""`mmbench check`: a CI regression gate on method accuracy (STATS.md §6).
+"""`mmbench check`: a CI regression gate on method accuracy (docs/statistics.md).
 
-Every method of a suite is trained on a small fixed configuration for a few seeds and compared
-with a committed baseline of `N_REF` seeds per method:
+Every method of a suite is trained on a small fixed configuration for a few seeds, and the test
+accuracy of its final model (`SELECTION`) is compared with a committed baseline of `N_REF` seeds
+per method:
 
 1. exact: every seed's test predictions hash to the baseline's for the same seed: pass, with no
    statistics and no flake risk. The match proves itself, so it is accepted whatever the environment
@@ -39,19 +40,27 @@ from mmbench import stats
 from mmbench.config import ConfigError, RunConfig, expand
 from mmbench.registry import METHODS
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 ALPHA_FAMILY = 0.01
-MARGIN = 0.005  # drops up to half a point are not regressions (3 of 600 test clips)
+MARGIN = 0.0025  # drops up to a quarter point are not regressions (7.5 of the ci suite's 3000 test clips)
 N_REF = 20
+N_CI = 6  # seeds per method in a CI run: with 5, a 2-point drop of ogm-ge was caught in 39-87 % of runs
 BASELINE_FILE = "baseline.json"
 
-# The `ci` suite: every registered method on a small synthetic problem, about 2 s per run on one
-# CPU thread, not saturated (joint about 71 %, chance 17 %).
+# The `ci` suite: every registered method on a synthetic problem small enough for one CPU thread
+# (about 6 s per run) and trained until most methods converge (joint about 96 %, chance 17 %), so
+# that seeds spread by about half a point and a 2-point drop stands out from 5 of them
+# (docs/statistics.md). The learning rate falls 5x after epoch 7.
 SUITES: dict[str, dict[str, Any]] = {
     "ci": {"dataset": "synthetic", "settings": {
-        "n_train": 800, "n_test": 600, "audio_size": 12, "image_size": 12, "epochs": 5, "batch_size": 32,
-        "encoder_width": 8, "num_threads": 1, "deterministic": True, "device": "cpu"}},
+        "n_train": 1600, "n_test": 3000, "audio_size": 12, "image_size": 12, "visual_strength": 1.5,
+        "epochs": 10, "lr_step": 7, "batch_size": 32, "encoder_width": 8, "num_threads": 1,
+        "deterministic": True, "device": "cpu"}},
 }
+# The gate reads the final model's predictions: picking the best epoch on the small validation split
+# adds a selection noise of its own. Over seeds 0-19 rerun under another CPU capability, a rerun moved
+# joint by 0.45 pp (SD) on best-on-validation and 0.10 pp on final; opm 0.80 and 0.23.
+SELECTION = "final"
 
 
 @dataclass(frozen=True)
@@ -123,7 +132,7 @@ def seed_result(out: Path, cfg: RunConfig) -> SeedResult:
 
     paths = run_paths(out, cfg)
     preds = pd.read_parquet(paths.preds, columns=["selection", "sample_id", "y", "pred"])
-    preds = preds[preds["selection"] == "best_val"].sort_values("sample_id")
+    preds = preds[preds["selection"] == SELECTION].sort_values("sample_id")
     digest = hashlib.sha256(preds["pred"].to_numpy(np.int64).tobytes()).hexdigest()
     n_correct = int((preds["pred"] == preds["y"]).sum())
     return SeedResult(cfg.seed, n_correct / len(preds), n_correct, len(preds), digest)
@@ -186,7 +195,8 @@ def baseline_payload(suite: str, results: dict[str, list[SeedResult]], configs: 
         }
     return {"format": FORMAT_VERSION, "suite": suite, "dataset": SUITES[suite]["dataset"],
             "settings": SUITES[suite]["settings"], "environment": env, "alpha_family": ALPHA_FAMILY,
-            "margin": MARGIN, "test": "rank-sum permutation and paired t; Bonferroni in a method, Holm over methods",
+            "margin": MARGIN, "selection": SELECTION,
+            "test": "rank-sum permutation and paired t; Bonferroni in a method, Holm over methods",
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "methods": methods}
 

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from mmbench import config as config_mod
-from mmbench.config import ConfigError, RunConfig
-from mmbench.data import DataError
+from mmbench.config import ConfigError, DataError, RunConfig
 from mmbench.registry import DATASETS, METHODS, PluginError, UnknownNameError, load_plugins
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Benchmark modality-imbalance methods under one honest protocol.")
@@ -32,8 +32,22 @@ USER_ERRORS = (ConfigError, UnknownNameError, PluginError, DataError)
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)  # [a, b] is text
     raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from mmbench import ENGINE_VERSION, RESULT_SCHEMA_VERSION, __version__
+
+        print(f"mmbench {__version__} (engine {ENGINE_VERSION}, result schema {RESULT_SCHEMA_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Benchmark modality-imbalance methods under one honest protocol."""
 
 
 PluginOpt = Annotated[list[str] | None, typer.Option(
@@ -58,20 +72,49 @@ AddressOpt = Annotated[str | None, typer.Option(help="Ray: address of an existin
 
 @app.command("list")
 def list_command(
-    kind: Annotated[str, typer.Argument(help="methods, datasets, or all")] = "all",
+    kind: Annotated[str, typer.Argument(help="methods, datasets, core (the settings of every run), or all")
+                    ] = "all",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     plugin: PluginOpt = None,
 ) -> None:
-    """Show the registered methods and datasets with their hyperparameters and defaults."""
+    """Show the registered methods and datasets with their hyperparameters and defaults, and the core
+    settings with their types, ranges and choices."""
     try:
         load_plugins(plugin)
-        kinds = {"all": ("methods", "datasets"), "methods": ("methods",), "datasets": ("datasets",),
-                 "method": ("methods",), "dataset": ("datasets",)}
+        kinds = {"all": ("methods", "datasets", "core"), "methods": ("methods",), "datasets": ("datasets",),
+                 "method": ("methods",), "dataset": ("datasets",), "core": ("core",)}
         if kind not in kinds:
-            fail(f"mmbench list {kind!r}: choose methods, datasets or all")
+            fail(f"mmbench list {kind!r}: choose methods, datasets, core or all")
+        if as_json:
+            print(json.dumps({which: _listing(which) for which in kinds[kind]}, indent=1, default=str))
+            return
         for which in kinds[kind]:
-            console.print(_registry_table(which))
+            console.print(_core_table() if which == "core" else _registry_table(which))
     except USER_ERRORS as exc:
         fail(str(exc))
+
+
+def _listing(which: str) -> list[dict[str, Any]]:
+    if which == "core":
+        return config_mod.core_keys()
+    registry = METHODS if which == "methods" else DATASETS
+    return [{"name": name, "description": cls.description, "citation": cls.citation, "version": cls.version,
+             "settings": cls.hparams if which == "methods" else cls.params,
+             "choices": {k: list(v) for k, v in cls.choices.items()}, "help": cls.help,
+             **({"dataset_hparams": cls.dataset_hparams, "profiles": cls.profiles} if which == "methods"
+                else {"defaults": cls.defaults})}
+            for name, cls in registry.items()]
+
+
+def _core_table() -> Table:
+    table = Table(title="core settings (every run; --set KEY=VALUE)", title_justify="left")
+    for column in ("key", "type", "default", "range or choices", "meaning"):
+        table.add_column(column, overflow="fold")
+    for entry in config_mod.core_keys():
+        allowed = entry.get("range") or "|".join(map(str, entry.get("choices", []))) or "-"
+        table.add_row(*(escape(str(v)) for v in (entry["key"], entry["type"], entry["default"], allowed,
+                                                   entry["help"])))
+    return table
 
 
 def _registry_table(which: str) -> Table:
@@ -190,6 +233,10 @@ def _configs(method: str | None, dataset: str | None, seeds: str | None, epochs:
              profile: str | None, config: Path | None, sets: list[str] | None,
              device: str | None) -> list[RunConfig]:
     overrides = config_mod.load_yaml(config)
+    for key in ("method", "dataset"):
+        if key in overrides and not isinstance(overrides[key], str):
+            raise ConfigError(f"--config {config}: `{key}` must be a name (a string), e.g. {key}: "
+                              + ("joint" if key == "method" else "synthetic"))
     method = method or overrides.pop("method", None)
     dataset = dataset or overrides.pop("dataset", None) or "synthetic"
     seed_list = config_mod.parse_seeds(seeds if seeds is not None else overrides.pop("seeds", "0,1,2"))
@@ -253,9 +300,12 @@ def _execute(configs: list[RunConfig], out: Path, retries: int = 0) -> None:
                       highlight=False)
             failures.append(cfg)
         else:
+            import pandas as pd
+
             row = pd.read_parquet(paths.row).iloc[0]
             console.print(f"{cfg.method} seed {cfg.seed}: test acc {row['best_val_acc']:.4f} "
-                          f"(best-val epoch {row['best_val_epoch']}), final {row['final_acc']:.4f}, "
+                          f"(best-val epoch {row['best_val_epoch'] + 1} of {cfg.epochs}), "
+                          f"final {row['final_acc']:.4f}, "
                           f"{row['wall_s']:.0f}s -> {paths.row}", markup=False)
     if failures:
         _print_summary(configs, out)
@@ -356,10 +406,14 @@ def _gpu_ids(text: str | None) -> list[str] | None:
 @app.command("prepare")
 def prepare_command(
     dataset: Annotated[str, typer.Argument(help="Dataset name, e.g. cremad or kinetics-sounds.")],
-    root: Annotated[Path | None, typer.Option(help="The dataset folder (else MMBENCH_DATA).")] = None,
+    root: Annotated[Path | None, typer.Option("--data-root", "--root", help="The dataset folder (else MMBENCH_DATA or "
+                                              "data.root); the same option as `run --data-root`.")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML of dataset settings (the `data:` keys of a run "
+                                                "config are accepted as they are).")] = None,
     cache: Annotated[Path | None, typer.Option(
         help="Where caches live [default: MMBENCH_CACHE, else ~/.cache/mmbench].")] = None,
-    jobs: Annotated[int, typer.Option(help="Decoding processes.")] = max(1, (os.cpu_count() or 1)),
+    jobs: Annotated[int | None, typer.Option(help="Decoding processes [default: the cores this process may use].")
+                    ] = None,
     strict: Annotated[bool, typer.Option(help="Fail on the first bad clip instead of skipping it.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Dataset setting key=value (repeatable), "
                                                    "e.g. audio_frontend=fbank; see `mmbench list datasets`.")] = None,
@@ -373,12 +427,18 @@ def prepare_command(
         cls = DATASETS.get(dataset)
         if not issubclass(cls, PreparedDataset):
             raise ConfigError(f"dataset {cls.name} is generated in memory: it needs no `mmbench prepare`")
-        overrides = config_mod.parse_sets(set_)
+        overrides = {k: v for k, v in config_mod.load_yaml(config).items()
+                     if k.split(".")[-1] in cls.params}  # a run config's method keys are not prepare's business
+        overrides.update(config_mod.parse_sets(set_))
         if root is not None:
             overrides["root"] = str(root)
         if cache is not None:
             overrides["cache"] = str(cache)
         params = config_mod.resolve("joint", cls.name, overrides=overrides).data
+        if jobs is None:
+            from mmbench.cpus import available_cpus
+
+            jobs = available_cpus()
         if jobs < 1:
             raise ConfigError(f"--jobs {jobs}: must be at least 1")
         _prepare(cls, params, jobs, strict)
@@ -425,6 +485,8 @@ def _prepare(cls: Any, params: dict[str, Any], jobs: int, strict: bool) -> None:
 def _print_bad_clips(target: Path, manifest: dict[str, Any]) -> None:
     if not manifest["n_bad"]:
         return
+    import pandas as pd
+
     bad = pd.read_csv(target / "bad_clips.csv")
     counts = ", ".join(f"{n} {problem}" for problem, n in bad["problem"].value_counts().items())
     console.print(f"skipped {len(bad)} bad clip(s) ({counts}); the list: {target / 'bad_clips.csv'}", markup=False)
@@ -482,7 +544,7 @@ def fixtures_command(
     except (ValueError, *USER_ERRORS) as exc:
         fail(str(exc))
     console.print(f"wrote {clips} {name} clips in the {layout} layout to {out}; "
-                  f"next: mmbench prepare {name} --root {out}", markup=False)
+                  f"next: mmbench prepare {name} --data-root {out}", markup=False)
 
 
 @app.command("report")
@@ -523,6 +585,8 @@ def report_command(
         options = report_mod.ReportOptions(baseline=baseline, metric=metric, selection=selection, rope=rope / 100,
                                            primary=primary, resample_test=resample_test)
         runs, epochs = report_mod.load_results(results or [Path("results")])
+        for line in runs.attrs.get("unreadable", []):
+            err.print(line, markup=False)
         if baseline not in set(runs["variant"]):
             raise ConfigError(f"--baseline {baseline}: no such method in the results "
                               f"(methods: {', '.join(sorted(set(runs['variant'])))})")
@@ -547,8 +611,8 @@ def check_command(
                         ] = Path("results/baselines/ci"),
     suite: Annotated[str, typer.Option(help="Which fixed configuration to run.")] = "ci",
     seeds: Annotated[str, typer.Option(help="Seeds per method: a count N (seeds 0..N-1), or a list or range "
-                                       "as for `run` (e.g. 25-29, to try the gate on seeds outside the "
-                                       "baseline).")] = "5",
+                                       "as for `run` (e.g. 25-30, to try the gate on seeds outside the "
+                                       "baseline).")] = "6",
     update: Annotated[bool, typer.Option("--update", help="Re-run --ref-seeds seeds per method and rewrite the "
                                          "baseline, saying what changed.")] = False,
     ref_seeds: Annotated[int, typer.Option(help="Seeds per method in a baseline written by --update.")] = 20,
@@ -561,7 +625,7 @@ def check_command(
     plugin: PluginOpt = None,
 ) -> None:
     """Run every method of a suite on a small fixed configuration and compare its accuracy with a
-    committed baseline; exits 1 when a method regressed (STATS.md §6)."""
+    committed baseline; exits 1 when a method regressed (docs/statistics.md §7)."""
     from mmbench import check
 
     try:
@@ -585,6 +649,9 @@ def check_command(
 
     def on_run(cfg: RunConfig, outcome: str) -> None:
         counts[outcome] = counts.get(outcome, 0) + 1
+        done = sum(counts.values())
+        console.print(f"[{done}/{total}] {cfg.method} seed {cfg.seed}: {outcome} ({time.time() - started:.0f} s)",
+                      markup=False)
 
     started = time.time()
     try:
@@ -701,6 +768,8 @@ def _print_summary(configs: list[RunConfig], out: Path) -> None:
     from mmbench.results import read_runs
 
     rows = read_runs(out)
+    for line in rows.attrs["unreadable"]:
+        err.print(line, markup=False)
     if rows.empty:
         return
     rows = rows[rows["run_id"].isin({cfg.run_id for cfg in configs})]

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,10 @@ from mmbench.registry import DATASETS, METHODS, normalize
 
 class ConfigError(ValueError):
     """A config key or value is invalid; the message is one line for the user."""
+
+
+class DataError(ValueError):
+    """The data on disk cannot be used as asked; the message is one line naming the path and the fix."""
 
 
 Profile = Literal["benchmark", "official"]
@@ -94,6 +99,58 @@ EXECUTION_KEYS = frozenset({"device", "num_threads"})
 FIXED_KEYS = frozenset({"method", "dataset", "seed", "hparams", "data"})
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in FIXED_KEYS}
 _CORE_TYPES = typing.get_type_hints(RunConfig)
+
+
+# Ranges of the numeric core keys, checked wherever a value comes from (profile, YAML, --set), so that
+# an untrainable setting fails before anything runs: (lowest, highest, whether lowest itself is allowed).
+CORE_RANGES: dict[str, tuple[float, float, bool]] = {
+    "epochs": (1, math.inf, True), "batch_size": (1, math.inf, True), "eval_batch_size": (1, math.inf, True),
+    "lr": (0, math.inf, False), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
+    "lr_step": (1, math.inf, True), "lr_gamma": (0, 1, False), "encoder_width": (1, math.inf, True),
+    "val_fraction": (0, 0.9, False), "split_seed": (0, math.inf, True), "num_threads": (0, math.inf, True),
+}
+
+
+CORE_HELP: dict[str, str] = {
+    "profile": "benchmark (one protocol for every method) or a method's own profile, e.g. official",
+    "epochs": "training epochs", "batch_size": "training batch size", "eval_batch_size": "batch size of evaluation",
+    "optimizer": "optimiser of the model", "lr": "learning rate", "momentum": "SGD momentum",
+    "weight_decay": "L2 weight decay", "lr_step": "the learning rate falls every lr_step epochs ...",
+    "lr_gamma": "... by this factor", "lr_step_at": "whether the schedule steps at the end or the start of an epoch",
+    "encoder": "audio and visual encoder", "encoder_width": "channels of the small_cnn encoder",
+    "fusion": "how the two modalities' features are fused", "linear_init": "initialisation of linear layers",
+    "val_fraction": "share of the training split held out for validation (model selection)",
+    "split_seed": "seed of the train/validation split (fixed across run seeds)",
+    "bf16": "bfloat16 autocast on CUDA", "channels_last": "channels-last memory format on CUDA",
+    "deterministic": "deterministic algorithms (bit-identical reruns)",
+    "device": "auto, cpu, cuda or cuda:N (not part of the run's identity)",
+    "num_threads": "CPU threads; 0 = the cores this process may use, at most 8 (not part of the run's identity)",
+}
+
+
+def core_keys() -> list[dict[str, Any]]:
+    """The core settings for `mmbench list core`: type, default, range or choices, meaning."""
+    keys = []
+    for name, f in CORE_FIELDS.items():
+        choices = _choices_of(_CORE_TYPES[name])
+        entry = {"key": name, "type": "choice" if choices else type(f.default).__name__, "default": f.default,
+                 "help": CORE_HELP.get(name, ""), "identity": name not in EXECUTION_KEYS}
+        if choices:
+            entry["choices"] = list(choices)
+        if name in CORE_RANGES:
+            low, high, low_allowed = CORE_RANGES[name]
+            entry["range"] = f"{'[' if low_allowed else '('}{low:g}, {high:g}]" if math.isfinite(high) else \
+                f"{'>=' if low_allowed else '>'} {low:g}"
+        keys.append(entry)
+    return keys
+
+
+def check_range(key: str, value: float, low: float, high: float, low_allowed: bool = True) -> None:
+    """ConfigError unless low <(=) value <= high and finite (the upper bound is inclusive)."""
+    if not math.isfinite(value) or value > high or value < low or (value == low and not low_allowed):
+        above = f">= {low:g}" if low_allowed else f"> {low:g}"
+        span = above if math.isinf(high) else f"{above} and <= {high:g}"
+        raise ConfigError(f"{key}={value!r} is out of range: it must be {span}")
 
 
 def _choices_of(annotation: Any) -> tuple | None:
@@ -166,7 +223,9 @@ def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what}: no such file")
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(loaded, dict):
@@ -231,7 +290,9 @@ def resolve(
 
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", core["device"]):
         raise ConfigError(f"device={core['device']!r} is not allowed; choices: auto, cpu, cuda, cuda:N")
-    cfg = RunConfig(method=method_cls.name, dataset=dataset_cls.name, seed=_to_int(seed),
+    seed = _to_int(seed)
+    check_range("seed", seed, 0, math.inf)
+    cfg = RunConfig(method=method_cls.name, dataset=dataset_cls.name, seed=seed,
                     hparams=hparams, data=data, **core)
     method_cls.check_config(cfg)
     dataset_cls.check_config(cfg)
@@ -249,6 +310,8 @@ def _apply(key: str, value: Any, core: dict, hparams: dict, data: dict, method_c
         section = ""  # `joint.lr=...`: any setting (core, method or data), for that method's runs only
     if section == "" and bare in CORE_FIELDS:
         core[bare] = coerce(bare, value, CORE_FIELDS[bare].default, _choices_of(_CORE_TYPES[bare]))
+        if bare in CORE_RANGES:
+            check_range(bare, core[bare], *CORE_RANGES[bare])
     elif section in ("", "hparams", "method") and bare in method_cls.hparams:
         hparams[bare] = coerce(bare, value, method_cls.hparams[bare], method_cls.choices.get(bare))
     elif section in ("", "data", "dataset") and bare in dataset_cls.params:
@@ -291,11 +354,13 @@ def parse_seeds(text: str | list | int) -> list[int]:
         try:
             if isinstance(item, str) and "-" in item.strip("-"):
                 lo, hi = item.split("-")
-                seeds.extend(range(int(lo), int(hi) + 1))
+                seeds.extend(range(_to_int(lo), _to_int(hi) + 1))
             else:
-                seeds.append(int(item))
-        except ValueError:
+                seeds.append(_to_int(item))  # 1.5 is refused, not truncated
+        except (TypeError, ValueError):
             raise ConfigError(f"--seeds {text!r}: expected integers like 0,1,2 or a range 0-4") from None
+    if any(seed < 0 for seed in seeds):
+        raise ConfigError(f"--seeds {text!r}: seeds are 0 or more")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {text!r}: give at least one seed and no seed twice")
     return seeds
@@ -303,6 +368,14 @@ def parse_seeds(text: str | list | int) -> list[int]:
 
 def normalized_names(text: str) -> list[str]:
     return [normalize(n) for n in text.split(",") if n.strip()]
+
+
+def names_in(value: Any, what: str) -> list[str]:
+    """A YAML name list (`[joint, opm]`, `joint`, or `joint,opm`); ConfigError naming `what` otherwise."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(n, str) and n.strip() for n in items) or not items:
+        raise ConfigError(f"{what} must list at least one name, e.g. [joint, opm]")
+    return [n.strip() for n in items]
 
 
 SWEEP_KEYS = ("methods", "datasets", "seeds", "profile", "set", "grid", "slurm")
@@ -337,10 +410,7 @@ class SweepConfig:
                 close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)
                 raise ConfigError(f"sweep file {path}: unknown key {key!r}"
                                   + (f"; did you mean {close[0]}?" if close else f"; keys: {', '.join(SWEEP_KEYS)}"))
-        for key in ("methods", "datasets"):
-            if not data.get(key):
-                raise ConfigError(f"sweep file {path}: `{key}` must list at least one name")
-        names = {key: [data[key]] if isinstance(data[key], str) else list(data[key]) for key in ("methods", "datasets")}
+        names = {key: names_in(data.get(key), f"sweep file {path}: `{key}`") for key in ("methods", "datasets")}
         grid = data.get("grid") or {}
         if not isinstance(grid, dict) or not all(isinstance(v, dict) for v in grid.values()):
             raise ConfigError(f"sweep file {path}: `grid` maps a method name (or \"*\") to {{key: [values]}}")
@@ -350,8 +420,10 @@ class SweepConfig:
             for key, values in axes.items():
                 if not isinstance(values, list) or not values:
                     raise ConfigError(f"sweep file {path}: grid {method}.{key} must be a non-empty list")
-        overrides = dict(data.get("set") or {})
-        overrides.update(sets or {})
+        overrides = data.get("set") or {}
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"sweep file {path}: `set` maps keys to values, e.g. {{epochs: 20, lr: 0.01}}")
+        overrides = {**overrides, **(sets or {})}
         slurm = data.get("slurm") or {}
         if not isinstance(slurm, dict):
             raise ConfigError(f"sweep file {path}: `slurm` maps settings to values, e.g. {{partition: gpu}}")

@@ -14,12 +14,8 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from mmbench.config import ConfigError, RunConfig
+from mmbench.config import ConfigError, DataError, RunConfig  # noqa: F401  (DataError: re-exported)
 from mmbench.registry import Plugin
-
-
-class DataError(ValueError):
-    """The data on disk cannot be used as asked; the message is one line naming the path and the fix."""
 
 
 @dataclass

@@ -37,6 +37,7 @@ from torch import nn  # noqa: E402
 
 import mmbench  # noqa: E402
 from mmbench.config import RunConfig  # noqa: E402
+from mmbench.cpus import default_threads  # noqa: E402
 from mmbench.data import Batch, Dataset, Split, Splits, carve_validation  # noqa: E402
 from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
 from mmbench.metrics import (  # noqa: E402
@@ -78,9 +79,10 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# num_threads=0 means the machine's default, not "whatever an earlier run in this process set":
-# the thread count changes how reductions are split, hence the last bits of every result.
-DEFAULT_THREADS = torch.get_num_threads()
+# num_threads=0 means the cores this process may use (affinity and cgroup quota, at most 8), not
+# torch's count of the machine's cores nor "whatever an earlier run in this process set": the thread
+# count changes how reductions are split, hence the last bits of every result.
+DEFAULT_THREADS = default_threads()
 
 
 def tune_allocator() -> None:
@@ -202,7 +204,7 @@ def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Split
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise NonFiniteLoss(
-                f"non-finite loss ({loss_value}) at epoch {ctx.epoch} step {ctx.step}: "
+                f"non-finite loss ({loss_value}) at epoch {ctx.epoch + 1} step {ctx.step + 1}: "
                 f"lower the learning rate (lr={ctx.cfg.lr}) or check the inputs"
             )
         losses.append(loss_value)
@@ -405,7 +407,7 @@ def _evaluate_selected(model: nn.Module, method: Method, dataset: Dataset, split
 def modality_ablation(model: nn.Module, method: Method, dataset: Dataset, split: Split, ctx: RunContext,
                       acc_both: float) -> dict[str, float]:
     """Accuracy of the fused prediction with audio, visual or both inputs replaced by zeros after
-    normalisation, i.e. by the mean input (STATS.md §5.1(3), mean-input ablation), and the
+    normalisation, i.e. by the mean input (docs/statistics.md, mean-input ablation), and the
     two-player Shapley contributions of the modalities (§5.3)."""
     y = split.y.numpy()
     accs = {}

@@ -9,7 +9,7 @@ features (fbank `.pt`/`.npy`, log-PSD `.pkl`) are fake but class-dependent in th
 bright band at the tone's frequency bin. Everything is deterministic from the seed.
 
 `write_bad_clips` adds the kinds of defective CREMA-D clips the real release has (Git LFS
-pointer stubs, empty or silent files, a minute-long clip, ...; DATA.md §1a, §1d).
+pointer stubs, empty or silent files, a minute-long clip, ...).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
 BAD_KINDS = ("lfs_pointer", "empty_audio", "corrupt_video", "silent_short", "long_clip", "audio_only",
              "visual_only", "bad_label")
 
-# CREMA-D facts (DATA.md §1b-§1d)
+# CREMA-D facts (docs/layouts.md)
 SENTENCES = ("IEO", "TIE", "IOM", "IWW", "TAI", "MTI", "IWL", "ITH", "DFA", "ITS", "TSI", "WSI")
 CREMAD_ACTORS = (1001, 1002, 1003, 1004)
 BAD_ACTOR = 1005

@@ -3,7 +3,7 @@
 Everything here is a pure function of a file (or a waveform) returning numpy arrays, so the
 dataset adapters and the preprocessing cache can share it. Decoding uses PyAV (bundled FFmpeg:
 FLV/VP6F, MP4, MP3, ...) and soundfile (WAV/FLAC) only; `torchaudio.load` and `torchvision.io`
-cannot decode video in this environment (docs/DATA.md section 5).
+cannot decode video in this environment.
 
 A clip that cannot be used raises `MediaError` whose message is one line naming the file and the
 reason, so a loader can report (or skip) the defective CREMA-D clips and Git LFS pointer stubs.

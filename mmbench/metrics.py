@@ -89,7 +89,7 @@ def decision_layer_diagnostics(logits: torch.Tensor, logits_a: torch.Tensor, log
                                y: torch.Tensor, feat_norm_a: torch.Tensor | None = None,
                                feat_norm_v: torch.Tensor | None = None,
                                weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
-    """Bias of the decision layer toward one modality (METHODS.md 5.2), for any model with
+    """Bias of the decision layer toward one modality (docs/methods.md), for any model with
     per-modality logits. Contributions are the per-modality logits as the model splits them
     (concat: W_m f_m + b/2).
 
@@ -127,7 +127,7 @@ def decision_layer_diagnostics(logits: torch.Tensor, logits_a: torch.Tensor, log
         out["d4_excess_audio"] = out["d4_audio_decides"] - out["d4_audio_right_share"]
     if weights is not None:
         out["d1_weight_norm_ratio"] = float(weights[0].norm() / weights[1].norm())
-        # per class: ||W_a[c]|| / ||W_v[c]|| (METHODS.md 5.2 D1), one column per class index
+        # per class: ||W_a[c]|| / ||W_v[c]|| (docs/methods.md), one column per class index
         per_class = weights[0].norm(dim=1) / weights[1].norm(dim=1)
         out.update({f"d1_class_{c}": float(r) for c, r in enumerate(per_class.tolist())})
     if feat_norm_a is not None and feat_norm_v is not None:

@@ -1,4 +1,4 @@
-"""Figures for `mmbench report` (STATS.md §7), drawn headless and written byte-stable.
+"""Figures for `mmbench report` (docs/statistics.md), drawn headless and written byte-stable.
 
 Why these choices:
 * The Agg backend is selected before pyplot is imported, so the report renders on CI machines
@@ -134,7 +134,7 @@ def _numeric(values: pd.Series) -> np.ndarray:
 
 
 def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided t-interval of the finite values (STATS.md §2: t, not bootstrap, at
+    """Mean and two-sided t-interval of the finite values (docs/statistics.md: t, not bootstrap, at
     n = 3-5); the interval collapses to the mean for a single value."""
     summary = summarize(np.asarray(values, float), confidence)
     if summary.n < 2:
@@ -353,7 +353,7 @@ def _band(ax: Axes, table: pd.DataFrame, column: str, colour: Any, scale: float)
     if values.empty:
         return False
     by_epoch = values.groupby("epoch")["_v"].agg(["mean", "min", "max"])
-    epochs = by_epoch.index.to_numpy(float)
+    epochs = by_epoch.index.to_numpy(float) + 1  # epochs are counted from 1 wherever a user reads them
     ax.fill_between(epochs, by_epoch["min"], by_epoch["max"], color=colour, alpha=0.18, lw=0)
     ax.plot(epochs, by_epoch["mean"], color=colour, lw=1.6, marker="o" if len(epochs) <= 15 else None, ms=3)
     return True

@@ -149,7 +149,7 @@ class PreparedDataset(Dataset):
             cache_opt = f" --cache {self.p['cache']}" if self.p.get("cache") else ""
             raise DataError(
                 f"{self.name} is not prepared for {root} (looked for {target}/manifest.json); "
-                f"run: mmbench prepare {self.name} --root {root}{cache_opt}{''.join(settings)}")
+                f"run: mmbench prepare {self.name} --data-root {root}{cache_opt}{''.join(settings)}")
         return target
 
     def store(self) -> cache.CacheStore:

@@ -28,7 +28,7 @@ class PlainReporter(Reporter):
 
     def run_started(self, cfg: RunConfig, epochs: int, steps: int, start_epoch: int) -> None:
         self.cfg, self.epochs = cfg, epochs
-        resumed = f", resuming after epoch {start_epoch - 1}" if start_epoch else ""
+        resumed = f", resuming after epoch {start_epoch}" if start_epoch else ""  # epochs count from 1
         self.console.print(f"[{run_label(cfg)}] run {cfg.run_id}: {epochs} epochs x {steps} steps{resumed}",
                            markup=False)
 

@@ -1,4 +1,4 @@
-"""`mmbench report`: results folders -> significance-tested tables and figures (STATS.md §8).
+"""`mmbench report`: results folders -> significance-tested tables and figures (docs/statistics.md).
 
 The numbers live in one `Report` (also written as report.json); the formats (terminal,
 Markdown, LaTeX, HTML) only render it. Seeds are the replicates; methods are compared with
@@ -52,7 +52,7 @@ class ReportOptions:
 
     @property
     def tested(self) -> bool:
-        """--selection paper picks the epoch on the test set: shown, never tested (STATS.md §5.0)."""
+        """--selection paper picks the epoch on the test set: shown, never tested (docs/statistics.md)."""
         return self.selection != "paper"
 
     @property
@@ -87,19 +87,39 @@ class Report:
 
 # --- loading -----------------------------------------------------------------------------------
 
+def _refuse_disagreeing_copies(runs: pd.DataFrame) -> None:
+    """One run_id found in two folders counts once, but only if both copies hold the same numbers: on
+    a CPU the thread count (not part of the run's identity) changes the last bits of training."""
+    copies = runs[runs.duplicated("run_id", keep=False)]
+    metrics = [c for c in runs.columns if c.startswith(("final_", "best_val_", "paper_"))
+               and pd.api.types.is_numeric_dtype(runs[c])]
+    for run_id, group in copies.groupby("run_id", sort=False):
+        values = group[metrics].to_numpy(float)
+        if not all(np.array_equal(values[0], row, equal_nan=True) for row in values[1:]):
+            first, other = group.iloc[0], group.iloc[1]
+            raise ReportError(
+                f"run {run_id} ({first['method']} seed {first['seed']}) has different results in "
+                f"{first['results_folder']} (num_threads {first.get('num_threads')}) and {other['results_folder']} "
+                f"(num_threads {other.get('num_threads')}); report one of the folders, or rerun one with the "
+                "other's --set num_threads=N")
+
+
 def load_results(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Finished runs of every folder (a run found twice counts once) and their epoch rows."""
-    runs, epochs = [], []
+    runs, epochs, unreadable = [], [], []
     for folder in folders:
         if not Path(folder).is_dir():
             raise ReportError(f"{folder}: no such results folder")
-        found = read_runs(folder)
+        found, found_epochs = read_runs(folder), read_epochs(folder)
+        unreadable += found.attrs["unreadable"] + found_epochs.attrs["unreadable"]
         runs.append(found.assign(results_folder=str(folder)) if not found.empty else found)
-        epochs.append(read_epochs(folder))
+        epochs.append(found_epochs)
     runs_df = pd.concat([r for r in runs if not r.empty], ignore_index=True) if any(not r.empty for r in runs) \
         else pd.DataFrame()
     if runs_df.empty:
-        raise ReportError(f"no finished runs under {', '.join(map(str, folders))} (run `mmbench run` first)")
+        raise ReportError(f"no finished runs under {', '.join(map(str, folders))} (run `mmbench run` first)"
+                          + (f"; {len(unreadable)} unreadable files, e.g. {unreadable[0]}" if unreadable else ""))
+    _refuse_disagreeing_copies(runs_df)
     runs_df = runs_df.drop_duplicates("run_id").reset_index(drop=True)
     if "status" in runs_df:
         runs_df = runs_df[runs_df["status"] == "ok"].reset_index(drop=True)
@@ -110,6 +130,7 @@ def load_results(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
         epochs_df = epochs_df.drop_duplicates(["run_id", "epoch"])
         epochs_df = epochs_df.merge(runs_df[["run_id", "dataset", "variant", "seed"]], on="run_id")
         epochs_df["method"] = epochs_df.pop("variant")
+    runs_df.attrs["unreadable"] = unreadable
     return runs_df, epochs_df
 
 
@@ -127,6 +148,25 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
         for i in rows:
             labels.iloc[i] = f"{method}[{','.join(f'{k}={configs[i].get(k)}' for k in keys)}]"
     return labels
+
+
+def _protocol_differences(cell: pd.DataFrame, base: pd.DataFrame) -> str:
+    """The settings outside the methods' own hyperparameters (core keys and the data, hence the test set)
+    on which two groups of runs differ, e.g. `epochs 2 vs 6; n_train 240 vs 600`; "" when they agree."""
+    def settings(frame: pd.DataFrame) -> dict[str, set[str]]:
+        values: dict[str, set[str]] = {}
+        for text in frame["config_json"]:
+            config = json.loads(text)
+            flat = {k: v for k, v in config.items() if k not in NOT_VARIANT | {"hparams", "data", "method"}}
+            flat.update({k: v for k, v in config.get("data", {}).items() if k not in LOCATION_KEYS})
+            for key, value in flat.items():
+                values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
+        return values
+
+    mine, theirs = settings(cell), settings(base)
+    keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+    return "; ".join(f"{k} {'/'.join(sorted(mine.get(k, {'-'})))} vs {'/'.join(sorted(theirs.get(k, {'-'})))}"
+                     for k in keys)
 
 
 def _identity(config_json: str) -> dict[str, Any]:
@@ -265,7 +305,12 @@ def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> 
             row = {"dataset": dataset, "method": method, "n": summary.n, "mean": summary.mean, "sd": summary.sd,
                    "ci_low": summary.ci_low, "ci_high": summary.ci_high, "median": summary.median,
                    "seeds": ",".join(str(s) for s in sorted(cell["seed"]))}
-            if method != options.baseline and not base.empty:
+            differing = _protocol_differences(cell, base) if method != options.baseline and not base.empty else ""
+            if differing:  # not comparable: the difference would be the protocol's, not the method's
+                row.update({"dropped": f"not compared with {options.baseline}: {differing}", "test": None})
+                notes.append(f"{dataset}: {method} was not compared with {options.baseline}: they ran under "
+                             f"different settings ({differing}); rerun one under the other's, or report them apart")
+            elif method != options.baseline and not base.empty:
                 if options.tested:
                     row.update(_comparison(cell, base, options))
                 else:
@@ -413,7 +458,7 @@ def imbalance_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
         for column, name in columns.items():
             if f"{prefix}{column}" in cell:
                 values = cell[f"{prefix}{column}"].to_numpy(float)
-                if column == "rho":  # a ratio: averaged on the log scale (geometric mean), STATS.md
+                if column == "rho":  # a ratio: averaged on the log scale (geometric mean), docs/statistics.md
                     values = np.log(np.where(values > 0, values, np.nan))
                 summary = stats.summarize(values)
                 row[name], row[f"{name}_ci"] = summary.mean, (summary.ci_high - summary.ci_low) / 2
@@ -441,7 +486,7 @@ def _imbalance_per_run(phi_a: np.ndarray, phi_v: np.ndarray) -> dict[str, float]
 
 
 def capability_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> pd.DataFrame:
-    """D5 capability gap (METHODS.md 5.2): per class, the accuracy of each modality's logits in the
+    """D5 capability gap (docs/methods.md): per class, the accuracy of each modality's logits in the
     fused model minus that of the separately trained `unimodal` run of the same dataset and seed, on
     the same test samples; averaged over classes, then over seeds (mean and the worst class).
     Needs the runs' prediction files; NaN, with a note, where no such unimodal run exists."""
@@ -538,7 +583,7 @@ def across_datasets(main: pd.DataFrame, runs: pd.DataFrame, options: ReportOptio
     else:
         notes.append(f"Friedman / Iman-Davenport test and critical-difference diagram omitted: they need at "
                      f"least 5 datasets with every method (here {len(complete)}); with fewer, no pair of methods "
-                     "can be told apart by ranks (STATS.md §3.1)")
+                     "can be told apart by ranks (Demšar 2006; docs/statistics.md §6)")
     return pd.DataFrame(rows), friedman
 
 
@@ -555,7 +600,7 @@ def _paired_diffs(runs: pd.DataFrame, method: str, options: ReportOptions) -> li
 # --- writing -------------------------------------------------------------------------------------
 
 def draw_figures(report: Report, folder: Path) -> dict[str, Path]:
-    """STATS.md §7 figures into `folder`; the CD diagram only with >= 5 datasets."""
+    """The report's figures (docs/statistics.md) into `folder`; the CD diagram only with >= 5 datasets."""
     from mmbench import plots
 
     folder.mkdir(parents=True, exist_ok=True)

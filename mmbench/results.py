@@ -58,7 +58,41 @@ def run_paths(out: str | Path, cfg: RunConfig) -> RunPaths:
 
 
 def is_done(paths: RunPaths) -> bool:
-    return paths.row.is_file()
+    """A finished run is one whose three files read back and whose row is this run's, not merely a
+    run row on disk: a truncated or foreign file is trained again (and replaced)."""
+    if not paths.row.is_file():
+        return False
+    try:
+        pq.read_metadata(paths.epochs)
+        pq.read_metadata(paths.preds)
+    except (OSError, pa.ArrowException):
+        return False
+    return not isinstance(_read_row(paths.row), str)
+
+
+def _read_row(path: Path) -> pa.Table | str:
+    """The run row in `path`, or why it cannot be used."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        return f"not a readable parquet file ({str(exc).splitlines()[0][:80]})"
+    if table.num_rows != 1 or "run_id" not in table.column_names or "method" not in table.column_names:
+        return "not an mmbench run row (one row with run_id and method)"
+    if table["run_id"][0].as_py() != path.stem:
+        return f"its run_id {table['run_id'][0].as_py()!r} is not its file name"
+    return table
+
+
+def _read_side(path: Path) -> pa.Table | str:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        return f"not a readable parquet file ({str(exc).splitlines()[0][:80]})"
+
+
+def unreadable_note(path: Path, reason: str) -> str:
+    """One line per skipped file, saying what to do."""
+    return f"skipped {path}: {reason}; delete it and run the same `mmbench run` again to retrain that run"
 
 
 def _umask() -> int:
@@ -124,19 +158,26 @@ def _tables(out: str | Path, suffix: str) -> list[Path]:
 
 
 def read_runs(out: str | Path) -> pd.DataFrame:
-    """Every finished run row under `out` (columns unified across methods)."""
-    files = _tables(out, ".parquet")
-    if not files:
-        return pd.DataFrame()
-    tables = [pq.read_table(f) for f in files]
-    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+    """Every finished run row under `out` (columns unified across methods). A file that cannot be
+    read, or is not a run row, is left out and listed in `.attrs["unreadable"]` (one line each)."""
+    return _read_all(_tables(out, ".parquet"), _read_row)
 
 
 def read_epochs(out: str | Path) -> pd.DataFrame:
-    files = _tables(out, ".epochs.parquet")
-    if not files:
-        return pd.DataFrame()
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive").to_pandas()
+    return _read_all(_tables(out, ".epochs.parquet"), _read_side)
+
+
+def _read_all(files: list[Path], read: Any) -> pd.DataFrame:
+    tables, unreadable = [], []
+    for path in files:
+        table = read(path)
+        if isinstance(table, str):
+            unreadable.append(unreadable_note(path, table))
+        else:
+            tables.append(table)
+    frame = pa.concat_tables(tables, promote_options="permissive").to_pandas() if tables else pd.DataFrame()
+    frame.attrs["unreadable"] = unreadable
+    return frame
 
 
 def read_preds(paths: RunPaths) -> pd.DataFrame:

@@ -1,11 +1,10 @@
-"""Statistics over seeds and datasets (STATS.md), in numpy/scipy only.
+"""Statistics over seeds and datasets (docs/statistics.md), in numpy/scipy only.
 
 Seeds are the replicates. Seed s gives every method the same initialisation and batch order
 (common random numbers), so method-vs-baseline differences are analysed paired by seed when the
-run metadata says so, and with Welch's t-test otherwise (STATS.md §0, §2.1). Inputs are plain
+run metadata says so, and with Welch's t-test otherwise (docs/statistics.md). Inputs are plain
 float arrays of accuracies as fractions; converting to percentage points is the caller's job.
 
-Section numbers in the docstrings refer to /work/shared/STATS.md.
 """
 
 from __future__ import annotations
@@ -581,7 +580,7 @@ def per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.
 
 
 def capability_gap(pred_head: np.ndarray, pred_unimodal: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """D5 (METHODS.md 5.2) per class: accuracy of one modality's logits inside the fused model minus
+    """D5 (docs/methods.md) per class: accuracy of one modality's logits inside the fused model minus
     the accuracy of a separately trained unimodal model of that modality, on the same test samples.
     Negative: the fused model uses less of the modality than the modality alone can give."""
     return per_class_accuracy(pred_head, y, num_classes) - per_class_accuracy(pred_unimodal, y, num_classes)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -43,7 +44,23 @@ def test_list_names_what_the_official_profile_reproduces():
 
 def test_list_rejects_an_unknown_kind():
     result = invoke("list", "model")
-    assert result.exit_code == 2 and "choose methods, datasets or all" in result.output
+    assert result.exit_code == 2 and "choose methods, datasets, core or all" in result.output
+
+
+def test_list_shows_the_core_keys_with_types_ranges_and_choices_and_takes_json():
+    """Issue 15.6."""
+    import json
+
+    table = " ".join(invoke("list", "core").output.split())
+    assert "lr │ float │ 0.001 │ > 0 │ learning rate" in table
+    assert "fusion │ choice │ concat │ concat|sum|film|gated" in table and "lr_gamma │ float │ 0.1 │ (0, 1]" in table
+    listing = json.loads(invoke("list", "--json").output)
+    assert {"methods", "datasets", "core"} <= set(listing)
+    epochs = next(k for k in listing["core"] if k["key"] == "epochs")
+    assert epochs == {"key": "epochs", "type": "int", "default": 100, "help": "training epochs",
+                      "identity": True, "range": ">= 1"}
+    assert next(m for m in listing["methods"] if m["name"] == "ogm-ge")["settings"]["alpha"] == 0.1
+    assert invoke("--version").output.startswith("mmbench 0.1.0")
 
 
 def test_run_writes_each_seed_once_and_recomputes_only_what_is_missing(tmp_path):
@@ -54,6 +71,10 @@ def test_run_writes_each_seed_once_and_recomputes_only_what_is_missing(tmp_path)
     rows = read_runs(out)
     assert sorted(rows["seed"]) == [0, 1, 2]
     assert "joint" in first.output and "± " in first.output  # the summary table
+    # epochs count from 1 in every message (issue 15.6): the stored best_val_epoch counts from 0
+    shown = sorted(int(e) for e in re.findall(r"best-val epoch (\d+) of 2", first.output))
+    assert shown == sorted(rows["best_val_epoch"] + 1) and set(shown) <= {1, 2}
+    assert re.findall(r"epoch (\d+)/2", first.output)[:2] == ["1", "2"]
 
     again = invoke("run", "--method", "joint", "--seeds", "0,1,2", "--out", out, *TINY_SETS)
     assert again.output.count("already done") == 3
@@ -140,8 +161,57 @@ def test_cuda_on_a_machine_without_it_fails_before_any_run(tmp_path):
     (["--profile", "paper"], "profile='paper' is not allowed"),
     (["--config", "missing.yaml"], "missing.yaml: no such file"),
     (["--plugin", "missing.py"], "no such file"),
+    (["--epochs", "0"], "epochs=0 is out of range: it must be >= 1"),
+    (["--set", "epochs=-1"], "epochs=-1 is out of range"),
+    (["--set", "lr=-1"], "lr=-1.0 is out of range: it must be > 0"),
+    (["--seeds=-1"], "seeds are 0 or more"),
 ])
 def test_bad_options_are_reported_in_one_line(tmp_path, args, message):
     result = invoke("run", "-m", "joint", "--out", str(tmp_path), *args)
     assert result.exit_code == 2
     assert message in result.output
+    assert not (tmp_path / "dataset=synthetic").exists()  # nothing ran
+
+
+def test_help_imports_neither_torch_nor_pandas():
+    """Issue 15.2: `mmbench --help` took 11-26 s because every command imported torch and pandas."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from typer.testing import CliRunner; from mmbench.cli import app; "
+             "outputs = [CliRunner().invoke(app, args).output for args in (['--help'], ['run', '--help'], "
+             "['report', '--help'], ['check', '--help'])]; "
+             "assert all('Usage' in o for o in outputs), outputs; "
+             "print(sorted(m for m in ('torch', 'pandas', 'scipy') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_unreadable_result_files_are_skipped_and_listed_and_a_corrupt_run_is_retrained(tmp_path):
+    """Issue 15.16/15.17: one zero-byte, truncated or foreign parquet made `report` and `read_runs` crash and
+    every later `run` exit 1; a truncated run row counted as done forever."""
+    import pandas as pd
+
+    out = tmp_path / "results"
+    assert invoke("run", "-m", "joint", "--seeds", "0", "--out", str(out), *TINY_SETS).exit_code == 0
+    folder = out / "dataset=synthetic" / "method=joint"
+    row_file = next(p for p in folder.glob("*.parquet") if p.name.count(".") == 1)
+    (folder / "0000000000000000.parquet").write_bytes(b"")
+    (folder / "1111111111111111.parquet").write_bytes(row_file.read_bytes()[:200])
+    pd.DataFrame({"a": [1, 2]}).to_parquet(folder / "2222222222222222.parquet")
+    (folder / "3333333333333333.epochs.parquet").write_bytes(b"PAR1")
+
+    runs = read_runs(out)
+    assert len(runs) == 1 and len(runs.attrs["unreadable"]) == 3
+    assert all("delete it and run the same `mmbench run` again" in line for line in runs.attrs["unreadable"])
+    report = runner.invoke(app, ["report", str(out), "--out", str(tmp_path / "report"), "--format", "md"])
+    assert report.exit_code == 0, report.output
+    assert report.output.count("skipped ") == 4 and "Traceback" not in report.output
+    again = invoke("run", "-m", "joint", "--seeds", "0", "--out", str(out), *TINY_SETS)
+    assert again.exit_code == 0 and "already done" in again.output and "skipped " in again.output
+
+    finished = row_file.stat().st_mtime_ns
+    row_file.write_bytes(row_file.read_bytes()[:300])  # a corrupt run row is not a finished run
+    repaired = invoke("run", "-m", "joint", "--seeds", "0", "--out", str(out), *TINY_SETS)
+    assert repaired.exit_code == 0 and "already done" not in repaired.output
+    assert row_file.stat().st_mtime_ns != finished and len(pd.read_parquet(row_file)) == 1

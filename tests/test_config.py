@@ -64,6 +64,32 @@ def test_invalid_settings_fail_with_one_line_naming_the_key(overrides, message):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "0", r"epochs=0 is out of range: it must be >= 1"),
+    ("epochs", "-1", r"epochs=-1 is out of range"),
+    ("lr", "-1", r"lr=-1.0 is out of range: it must be > 0"),
+    ("lr", "0", r"lr=0.0 is out of range: it must be > 0"),
+    ("lr", "nan", r"lr=nan is out of range"),
+    ("lr", "inf", r"lr=inf is out of range"),
+    ("batch_size", "0", r"batch_size=0 is out of range"),
+    ("lr_step", "0", r"lr_step=0 is out of range"),
+    ("lr_gamma", "1.5", r"lr_gamma=1.5 is out of range: it must be > 0 and <= 1"),
+    ("momentum", "-0.1", r"momentum=-0.1 is out of range"),
+    ("val_fraction", "0", r"val_fraction=0.0 is out of range: it must be > 0 and <= 0.9"),
+    ("encoder_width", "0", r"encoder_width=0 is out of range"),
+    ("num_threads", "-1", r"num_threads=-1 is out of range"),
+    ("n_train", "0", r"n_train=0 is out of range: it must be >= 10"),
+    ("audio_confusion", "1.5", r"audio_confusion=1.5 is out of range: it must be >= 0 and <= 1"),
+])
+def test_out_of_range_values_fail_before_anything_runs(key, value, message):
+    """Issue 15.3/15.20: `--epochs 0` and `--set lr=-1` used to write rows for untrained models or fail
+    three times at run time."""
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve("joint", "synthetic", overrides={key: value})
+    assert "\n" not in str(info.value)
+    resolve("joint", "synthetic", overrides={"epochs": "1", "lr": "1e-6", "lr_gamma": "1", "momentum": "0"})
+
+
 def test_string_values_are_coerced_to_the_default_type():
     cfg = resolve("joint", "synthetic", overrides={"epochs": "3", "lr": "1e-2", "bf16": "true"})
     assert (cfg.epochs, cfg.lr, cfg.bf16) == (3, 0.01, True)
@@ -89,7 +115,7 @@ def test_parse_seeds(text, seeds):
     assert parse_seeds(text) == seeds
 
 
-@pytest.mark.parametrize("text", ["a,b", "1,1", ""])
+@pytest.mark.parametrize("text", ["a,b", "1,1", "", "-1", [1.5], "0-2.5"])
 def test_parse_seeds_rejects_bad_lists(text):
     with pytest.raises(ConfigError, match="--seeds"):
         parse_seeds(text)

@@ -161,7 +161,8 @@ class DivergesAtEpoch1Step2(Method):
 def test_non_finite_loss_stops_with_epoch_and_step_and_records_a_failure(tmp_path):
     METHODS.register(DivergesAtEpoch1Step2)
     cfg = tiny_config("diverges")
-    with pytest.raises(engine.NonFiniteLoss, match=r"non-finite loss \(inf\) at epoch 1 step 2"):
+    # ctx counts from 0; messages count from 1 (issue 15.6: one numbering wherever a user reads epochs)
+    with pytest.raises(engine.NonFiniteLoss, match=r"non-finite loss \(inf\) at epoch 2 step 3"):
         engine.run(cfg, tmp_path)
     record = json.loads(run_paths(tmp_path, cfg).failed.read_text())
     assert "non-finite loss" in record["error"] and record["run_id"] == cfg.run_id

@@ -24,7 +24,7 @@ LAYOUTS = [(d, layout) for d, layouts in fixtures.LAYOUTS.items() for layout in 
 
 
 def prepare(dataset, root, cache_dir, *extra):
-    return runner.invoke(app, ["prepare", dataset, "--root", str(root), "--cache", str(cache_dir), "--jobs", "1",
+    return runner.invoke(app, ["prepare", dataset, "--data-root", str(root), "--cache", str(cache_dir), "--jobs", "1",
                                *SMALL, *extra])
 
 
@@ -148,8 +148,11 @@ def test_interrupted_prepare_resumes_without_redoing_finished_shards(tmp_path, c
 
 def test_parallel_prepare_equals_serial(tmp_path, cremad_raw):
     assert prepare("cremad", cremad_raw, tmp_path / "one").exit_code == 0
+    # `--root` is the old name of `--data-root`; a run config's YAML is accepted (its `data:` keys count).
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text("method: joint\nepochs: 3\ndata:\n  cache_image_size: 32\n")
     two = runner.invoke(app, ["prepare", "cremad", "--root", str(cremad_raw), "--cache", str(tmp_path / "two"),
-                              "--jobs", "2", *SMALL])
+                              "--jobs", "2", "--config", str(run_config)])
     assert two.exit_code == 0, two.output
     one_dir = next((tmp_path / "one" / "cremad").iterdir())
     two_dir = next((tmp_path / "two" / "cremad").iterdir())
@@ -164,7 +167,7 @@ def test_run_on_an_unprepared_dataset_says_what_to_run(tmp_path, cremad_raw):
                                  "--set", f"cache={tmp_path / 'empty'}", "--seeds", "0"])
     assert result.exit_code == 2
     message = " ".join(result.output.split())
-    assert f"mmbench prepare cremad --root {cremad_raw} --cache {tmp_path / 'empty'}" in message
+    assert f"mmbench prepare cremad --data-root {cremad_raw} --cache {tmp_path / 'empty'}" in message
     assert "looked for" in message and str(tmp_path / "empty") in message
 
 
@@ -291,7 +294,7 @@ def test_fixtures_command_writes_a_layout_prepare_accepts(tmp_path):
     result = runner.invoke(app, ["fixtures", "kinetics-sounds", "--layout", "balancebench", "--out", str(out),
                                  "--clips", "8"])
     assert result.exit_code == 0, result.output
-    assert f"mmbench prepare kinetics-sounds --root {out}" in " ".join(result.output.split())
+    assert f"mmbench prepare kinetics-sounds --data-root {out}" in " ".join(result.output.split())
     assert prepare("kinetics-sounds", out, tmp_path / "cache").exit_code == 0
     wrong = runner.invoke(app, ["fixtures", "cremad", "--layout", "amss", "--out", str(tmp_path / "x")])
     assert wrong.exit_code == 2 and "raw, ogm-ge, balancebench" in wrong.output

@@ -48,3 +48,18 @@ def test_a_normal_install_finds_every_builtin_plugin(tmp_path):
     assert {"joint", "unimodal"} <= set(installed[1].split(",")) and "synthetic" in installed[2]
     assert not (target / "methods").exists() and not (target / "datasets").exists(), \
         "never install top-level packages named methods or datasets"
+
+
+def test_user_facing_text_cites_only_files_in_the_repository():
+    """Issue 15.7: messages and --help cited STATS.md, DATA.md (not in the repository)."""
+    from typer.testing import CliRunner
+
+    from mmbench.cli import app
+
+    texts = {path.name: path.read_text() for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
+    for command in ("run", "sweep", "report", "check", "prepare", "fixtures", "list"):
+        texts[f"mmbench {command} --help"] = CliRunner().invoke(app, [command, "--help"]).output
+    texts["mmbench report notes"] = (ROOT / "mmbench" / "report.py").read_text()  # its notes are printed
+    for where, text in texts.items():
+        for cited in set(re.findall(r"[\w./-]+\.md\b", text)) - {"report.md"}:  # report.md: its output
+            assert (ROOT / cited).is_file() or (ROOT / "docs" / cited).is_file(), f"{where} cites {cited}"

@@ -73,6 +73,22 @@ def test_unpaired_seeds_use_welch():
     assert "?" in row["mark"]  # n = 3 is flagged as low power
 
 
+def test_runs_under_different_protocols_are_not_compared():
+    """Issue 15.9: a method at 2 epochs on 240 clips was tested against joint at 6 epochs on 600 clips with
+    another test set ("-35.83 pp, paired-t, Holm-significant"). Now the row names the differing settings."""
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "a"): [0.40, 0.41, 0.39, 0.42, 0.40],
+                      ("d1", "b"): [0.71, 0.72, 0.73, 0.70, 0.72]})
+    for i in runs.index[runs["method"] == "a"]:
+        config = json.loads(runs.at[i, "config_json"])
+        runs.at[i, "config_json"] = json.dumps({**config, "epochs": 2, "data": {"n_train": 240}})
+    report = build_report(runs, pd.DataFrame(), ReportOptions())
+    rows = report.main.set_index("method")
+    assert pd.isna(rows.loc["a", "p"]) and not rows.loc["a", "significant"] and rows.loc["a", "mark"] == ""
+    assert rows.loc["a", "dropped"] == 'not compared with joint: epochs 2 vs -; n_train 240 vs -'
+    assert any("a was not compared with joint" in note for note in report.notes)
+    assert rows.loc["b", "test"] == "paired-t"  # the others still are
+
+
 def test_a_small_seed_overlap_is_not_paired_and_the_row_says_what_entered():
     """Issue 14 item 6: ogm seeds 3-9 against joint 0-4 were paired on 2 seeds while the row said
     n = 7. Now too small an overlap means Welch on every run, and the row names it."""
@@ -335,3 +351,23 @@ def test_d5_is_missing_with_a_note_without_unimodal_runs(results):
     report = build_report(runs, epochs, ReportOptions())
     assert report.imbalance["d5_gap_a"].isna().all()
     assert any("D5 capability gap needs a `unimodal` run" in note for note in report.notes)
+
+
+def test_one_run_with_different_numbers_in_two_folders_is_refused(results, tmp_path):
+    """Issue 15.1b: the thread count is not part of a run's identity but changes its last bits; two
+    folders holding one run_id with different numbers were merged silently (whichever came first)."""
+    from mmbench.report import ReportError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(results, copy)
+    once, _ = load_results([results])
+    twice, _ = load_results([results, copy])  # identical copies count once
+    assert len(twice) == len(once)
+    row_file = next(p for p in copy.glob("dataset=*/method=joint/*.parquet") if p.name.count(".") == 1)
+    row = pd.read_parquet(row_file)
+    row["final_acc"] += 0.01
+    row.to_parquet(row_file)
+    with pytest.raises(ReportError, match=f"run {row['run_id'][0]} .* has different results in .*num_threads"):
+        load_results([results, copy])
+    result = runner.invoke(app, ["report", str(results), str(copy), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "report one of the folders" in result.output

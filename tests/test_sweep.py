@@ -64,6 +64,31 @@ def test_sweep_file_expands_the_grid_and_validates(tmp_path):
         SweepConfig.load(sweep_file(tmp_path, methods=["ogm-ge"], grid={"ogm-ge": {"alpah": [0.1]}})).expand()
 
 
+@pytest.mark.parametrize("content, message", [
+    ("methods: [joint]\ndatasets: [synthetic]\nset: [1, 2]\n", "`set` maps keys to values, e.g. {epochs"),
+    ("methods: [joint]\ndatasets: [synthetic]\nset: epochs=3\n", "`set` maps keys to values"),
+    ("methods: [1]\ndatasets: [synthetic]\n", "`methods` must list at least one name, e.g. [joint, opm]"),
+    ("methods: joint\ndatasets: {a: 1}\n", "`datasets` must list at least one name"),
+    ("methods: [joint]\ndatasets: [synthetic]\nseeds: [1.5]\n", "--seeds [1.5]: expected integers"),
+    (b"methods: [joint]\n\xff\xfe: 1\n", "not UTF-8 text; save it as UTF-8"),
+])
+def test_a_sweep_file_of_the_wrong_shape_fails_in_one_line(tmp_path, content, message):
+    """Issue 15.20: these were tracebacks (and a float seed was truncated)."""
+    path = tmp_path / "sweep.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_config_of_the_wrong_shape_fails_in_one_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("method: 5\n")
+    result = runner.invoke(app, ["run", "--config", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "`method` must be a name (a string), e.g. method: joint" in result.output
+
+
 def test_dry_run_lists_runs_and_what_is_done(tmp_path):
     path = sweep_file(tmp_path)
     out = tmp_path / "results"

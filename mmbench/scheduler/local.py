@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmbench.config import RunConfig
+from mmbench.cpus import default_threads
 from mmbench.results import is_done, run_paths
 from mmbench.scheduler import Event, Running, SweepSummary, Tick, label
 from mmbench.scheduler.worker import (
@@ -65,9 +66,10 @@ class Slots:
             per_gpu = {g: runs_per_gpu or 1 for g in gpus}
             if gpu_mem is not None:
                 per_gpu = {g: runs_fitting(gpu_total[g], gpu_mem) for g in gpus}
-            return cls(tuple(g for g in gpus for _ in range(per_gpu[g])), threads=0)
+            devices = tuple(g for g in gpus for _ in range(per_gpu[g]))
+            return cls(devices, threads=default_threads(len(devices)))  # the data path runs on CPU threads
         jobs = jobs or 1
-        return cls((None,) * jobs, threads=max(1, (os.cpu_count() or 1) // jobs))
+        return cls((None,) * jobs, threads=default_threads(jobs))
 
 
 def runs_fitting(total_gb: float, gpu_mem: float) -> int:
@@ -130,12 +132,11 @@ class LocalScheduler:
     def _start(self, task: Task, slot: int) -> None:
         device = self.slots.devices[slot]
         cfg = task.cfg
-        if device is None and cfg.num_threads == 0:
+        if cfg.num_threads == 0:
             cfg = dataclasses.replace(cfg, num_threads=self.slots.threads)
         spec = write_spec(self.out, cfg, self.plugins)
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device if device is not None else "", PARENT_ENV: str(os.getpid())}
-        if device is None:
-            env["OMP_NUM_THREADS"] = str(cfg.num_threads)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": device if device is not None else "", PARENT_ENV: str(os.getpid()),
+               "OMP_NUM_THREADS": str(cfg.num_threads)}
         log = log_path(self.out, cfg)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as handle:
