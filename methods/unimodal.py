@@ -33,6 +33,7 @@ class Unimodal(Method):
     hparams = {"modality": "audio"}
     choices = {"modality": ("audio", "visual")}
     help = {"modality": "the modality to train on"}
+    reference = True
 
     def build(self, model: AVModel, ctx: RunContext) -> nn.Module:
         # The encoder is the one joint training starts from with the same seed (paired init).

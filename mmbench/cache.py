@@ -95,7 +95,9 @@ def fingerprint(scan: Scan, prep: Preprocessing, root: Path) -> str:
     digest = hashlib.sha256(json.dumps(asdict(prep), sort_keys=True).encode())
     for src in scan.clips:
         files = [p for p in (src.audio, src.video, *src.frames) if p is not None]
-        sizes = ",".join(f"{_rel(p, root)}:{p.stat().st_size}" for p in files)
+        # size and modification time: a file rewritten with other content of the same size changes the
+        # fingerprint (and the cache is rebuilt) without reading every file
+        sizes = ",".join(f"{_rel(p, root)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
         digest.update(f"{src.clip}|{src.label}|{src.group}|{src.split}|{sizes}\n".encode())
     for bad in scan.bad:
         digest.update(f"bad|{bad.clip}|{bad.problem}\n".encode())
@@ -180,8 +182,13 @@ def _decode_job(job: tuple[int, ClipSource, Preprocessing]) -> tuple[int, Any]:
                               f"{type(exc).__name__}: {exc}")
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
+    """A decoding worker: one thread, and it dies with `prepare` (kill -9 included) instead of writing
+    shards beside a rerun's workers."""
+    from mmbench.scheduler.worker import die_with_parent
+
     torch.set_num_threads(1)
+    die_with_parent(parent)
 
 
 # --- prepare ---------------------------------------------------------------------------------
@@ -252,7 +259,7 @@ def _decode_shards(scan: Scan, prep: Preprocessing, work: Path, shards: list[lis
             _write_shard(work, k, results)
         return
     tasks = [(k, [(i, scan.clips[i], prep) for i in shards[k]], work) for k in pending]
-    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker)
+    pool = multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker, initargs=(os.getpid(),))
     try:
         for count in pool.imap_unordered(_shard_job, tasks):
             done += count
@@ -374,7 +381,7 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one temporary file per writer: never interleaved
     tmp.write_bytes(data)
     os.replace(tmp, path)
 

@@ -31,6 +31,22 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 USER_ERRORS = (ConfigError, UnknownNameError, PluginError, DataError)
 
 
+def writable_folder(path: Path, option: str) -> None:
+    """ConfigError (one line naming the option and the path) unless `path` is, or can become, a folder
+    this process can write in: checked before any work starts, not after it."""
+    import tempfile
+
+    try:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{option} {path}: is a file, not a folder; choose a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write there ({exc.strerror or exc}); choose another folder "
+                          "or fix its permissions") from None
+
+
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)  # [a, b] is text
     raise typer.Exit(code)
@@ -182,7 +198,13 @@ def run_command(
     seeds: Annotated[str | None, typer.Option(help="Seeds, e.g. 0,1,2 or 0-4 [default: 0,1,2].")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override the number of epochs.")] = None,
     profile: Annotated[str | None, typer.Option(help="benchmark (shared protocol) or official.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings (a run's "
+                                                "<run_id>.config.yaml is one).")] = None,
+    from_run: Annotated[str | None, typer.Option("--from", help="Replay a stored run: its run_id (found under "
+                                                 "--out) or its .parquet / .config.yaml file; options given "
+                                                 "here (--seeds, --set, ...) still apply.")] = None,
+    print_config: Annotated[bool, typer.Option("--print-config", help="Print each resolved config as YAML, "
+                                               "saying where each value came from, and run nothing.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s",
                     help="key=value override, highest precedence (repeatable).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
@@ -205,9 +227,18 @@ def run_command(
             raise ConfigError(f"--data-root: dataset {dataset or 'synthetic'} is generated in memory and reads "
                               "no files; drop --data-root")
         extra = [f"root={data_root}"] if data_root is not None else []
-        configs = _configs(method, dataset, seeds, epochs, profile, config, [*(set_ or []), *extra], device)
+        if from_run is not None and config is not None:
+            raise ConfigError("--from and --config both give the settings; pass one of them")
+        stored = _stored_config(from_run, out) if from_run is not None else None
+        configs = _configs(method, dataset, seeds, epochs, profile, config, [*(set_ or []), *extra], device, stored)
+        if print_config:
+            given = stored if stored is not None else config_mod.load_yaml(config)
+            source = f"--from {from_run}" if from_run else f"--config {config}"
+            _print_configs(configs, given, source, [*(set_ or []), *extra], epochs, device)
+            return
         _check_data(configs[0])
         options = _scheduling(backend, jobs, gpus, runs_per_gpu, gpu_mem, retries, slurm, no_wait, address)
+        writable_folder(out, "--out")
     except USER_ERRORS as exc:
         fail(str(exc))
     from mmbench.scheduler.backends import one_slot
@@ -217,6 +248,21 @@ def run_command(
     else:
         _schedule(configs, out, options, plugin)
     _print_summary(configs, out)
+
+
+def _execute_or_wait(cfg: RunConfig, out: Path, reporter: Any, execute: Any, poll_s: float = 2.0) -> str:
+    """Train the run, or, while another mmbench process holds its lock, wait for that one: the command
+    ends with the result either way ("done elsewhere"), or trains the run itself if the other failed."""
+    waited = False
+    while True:
+        outcome = execute(cfg, out, reporter, announce_lock=False)
+        if outcome != "locked":
+            return "done elsewhere" if waited and outcome == "done" else outcome
+        if not waited:
+            err.print(f"{cfg.method} seed {cfg.seed}: another mmbench process is running it on {out}; waiting "
+                      "for it (Ctrl-C leaves it running)")
+            waited = True
+        time.sleep(poll_s)
 
 
 def _scheduling(backend: str, jobs: int | None, gpus: str | None, runs_per_gpu: int | None, gpu_mem: float | None,
@@ -231,15 +277,18 @@ def _scheduling(backend: str, jobs: int | None, gpus: str | None, runs_per_gpu: 
 
 def _configs(method: str | None, dataset: str | None, seeds: str | None, epochs: int | None,
              profile: str | None, config: Path | None, sets: list[str] | None,
-             device: str | None) -> list[RunConfig]:
-    overrides = config_mod.load_yaml(config)
+             device: str | None, stored: dict[str, Any] | None = None) -> list[RunConfig]:
+    overrides = dict(stored) if stored is not None else config_mod.load_yaml(config)
     for key in ("method", "dataset"):
         if key in overrides and not isinstance(overrides[key], str):
             raise ConfigError(f"--config {config}: `{key}` must be a name (a string), e.g. {key}: "
                               + ("joint" if key == "method" else "synthetic"))
+    if "seed" in overrides and "seeds" in overrides:
+        raise ConfigError(f"--config {config}: give `seed` or `seeds`, not both")
     method = method or overrides.pop("method", None)
     dataset = dataset or overrides.pop("dataset", None) or "synthetic"
-    seed_list = config_mod.parse_seeds(seeds if seeds is not None else overrides.pop("seeds", "0,1,2"))
+    stored_seeds = overrides.pop("seeds", overrides.pop("seed", "0,1,2"))  # a run's own config has one `seed`
+    seed_list = config_mod.parse_seeds(seeds if seeds is not None else stored_seeds)
     profile = profile or overrides.pop("profile", "benchmark")
     for key in ("method", "dataset", "seeds"):
         overrides.pop(key, None)
@@ -252,6 +301,45 @@ def _configs(method: str | None, dataset: str | None, seeds: str | None, epochs:
         overrides["device"] = device
     methods = config_mod.normalized_names(method)
     return config_mod.expand(methods, dataset, seed_list, profile, overrides)
+
+
+def _stored_config(source: str, out: Path) -> dict[str, Any]:
+    """The settings of a stored run, from its run_id (under `out`), its run row or its config.yaml."""
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml"):
+        return config_mod.from_stored(config_mod.read_mapping(path, f"--from {source}"))
+    if path.suffix != ".parquet":
+        matches = sorted(out.glob(f"dataset=*/method=*/{source}.parquet"))
+        if not matches:
+            raise ConfigError(f"--from {source}: no run {source} under {out} (pass --out, or the run's .parquet "
+                              "or .config.yaml file)")
+        path = matches[0]
+    if not path.is_file():
+        raise ConfigError(f"--from {source}: no such file")
+    import pyarrow.parquet as pq
+
+    try:
+        stored = json.loads(pq.read_table(path, columns=["config_json"])["config_json"][0].as_py())
+    except Exception as exc:  # a foreign or broken file: say which
+        raise ConfigError(f"--from {source}: not an mmbench run row ({type(exc).__name__})") from None
+    return config_mod.from_stored(stored)
+
+
+def _print_configs(configs: list[RunConfig], given: dict[str, Any], source: str, sets: list[str],
+                   epochs: int | None, device: str | None) -> None:
+    """Each distinct config (seeds aside) as YAML with `# from ...` after every value."""
+    options = {**({"epochs": epochs} if epochs is not None else {}), **({"device": device} if device else {})}
+    layers = [(source, given), ("--set", config_mod.parse_sets(sets)), ("option", options)]
+    shown: set[str] = set()
+    for cfg in configs:
+        key = f"{cfg.method}/{cfg.dataset}"
+        if key in shown:
+            continue
+        shown.add(key)
+        where = config_mod.sources(cfg.method, cfg.dataset, cfg.profile, layers)
+        seeds = ", ".join(str(c.seed) for c in configs if c.method == cfg.method)
+        print(f"# {cfg.method} on {cfg.dataset}, seeds {seeds}; run_id of seed {cfg.seed}: {cfg.run_id}")
+        print(config_mod.to_yaml(cfg, where))
 
 
 def _check_data(cfg: RunConfig) -> None:
@@ -280,7 +368,7 @@ def _execute(configs: list[RunConfig], out: Path, retries: int = 0) -> None:
         for attempt in range(retries + 1):
             reporter = make_reporter(console)
             try:
-                outcome = execute(cfg, out, reporter)
+                outcome = _execute_or_wait(cfg, out, reporter, execute)
             except KeyboardInterrupt:
                 getattr(reporter, "close", lambda: None)()
                 err.print(f"interrupted: {cfg.method} seed {cfg.seed} resumes from its last finished "
@@ -293,8 +381,9 @@ def _execute(configs: list[RunConfig], out: Path, retries: int = 0) -> None:
                 err.print(f"retrying {cfg.method} seed {cfg.seed} (attempt {attempt + 2})")
         if outcome == "done":
             console.print(f"{cfg.method} seed {cfg.seed}: already done ({paths.row})", markup=False)
-        elif outcome == "locked":
-            err.print(f"{cfg.method} seed {cfg.seed}: skipped, another mmbench is running it on {out}")
+        elif outcome == "done elsewhere":
+            console.print(f"{cfg.method} seed {cfg.seed}: done by another mmbench process ({paths.row})",
+                          markup=False)
         elif outcome == "failed":
             err.print(f"[bold red]failed:[/] {cfg.method} seed {cfg.seed}: see {paths.failed}", markup=True,
                       highlight=False)
@@ -374,6 +463,8 @@ def sweep_command(
             options.validate()
         for cfg in {c.dataset: c for c in configs}.values():
             _check_data(cfg)
+        if not dry_run:
+            writable_folder(out, "--out")
     except USER_ERRORS as exc:
         fail(str(exc))
     from mmbench.results import is_done, run_paths
@@ -441,6 +532,9 @@ def prepare_command(
             jobs = available_cpus()
         if jobs < 1:
             raise ConfigError(f"--jobs {jobs}: must be at least 1")
+        from mmbench.cache import default_cache_root
+
+        writable_folder(Path(params["cache"]).expanduser() if params.get("cache") else default_cache_root(), "--cache")
         _prepare(cls, params, jobs, strict)
     except USER_ERRORS as exc:
         fail(str(exc))
@@ -540,6 +634,7 @@ def fixtures_command(
             raise ConfigError(f"--layout {layout}: layouts for {name}: {known.get(name, 'none')}")
         if clips < 2:
             raise ConfigError(f"--clips {clips}: need at least 2")
+        writable_folder(out.parent, "--out")
         fixtures.write_fixture(name, layout, out, clips=clips, seed=seed)
     except (ValueError, *USER_ERRORS) as exc:
         fail(str(exc))
@@ -564,6 +659,10 @@ def report_command(
     resample_test: Annotated[bool, typer.Option("--resample-test", help="Also give Δ intervals that resample "
                                                 "the test clips (bootstrap, the same clips for every method) "
                                                 "as well as the seeds.")] = False,
+    where: Annotated[list[str] | None, typer.Option("--where", help="Only runs with this setting, KEY=VALUE "
+                                                    "(repeatable; e.g. epochs=100, method=joint).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Leave out runs with this setting, "
+                                                      "KEY=VALUE (repeatable; e.g. lr=0.05).")] = None,
 ) -> None:
     """Tables and figures with significance tests over seeds, from one or more results folders."""
     from mmbench import render
@@ -584,7 +683,10 @@ def report_command(
             raise ConfigError(f"--metric {metric}: choose from {', '.join(report_mod.METRICS)}")
         options = report_mod.ReportOptions(baseline=baseline, metric=metric, selection=selection, rope=rope / 100,
                                            primary=primary, resample_test=resample_test)
-        runs, epochs = report_mod.load_results(results or [Path("results")])
+        if [f for f in formats if f != "terminal"] or figures:
+            writable_folder(out, "--out")  # before the statistics, not after them
+        runs, epochs = report_mod.load_results(results or [Path("results")], config_mod.parse_sets(where),
+                                               config_mod.parse_sets(exclude))
         for line in runs.attrs.get("unreadable", []):
             err.print(line, markup=False)
         if baseline not in set(runs["variant"]):
@@ -791,6 +893,12 @@ def _print_summary(configs: list[RunConfig], out: Path) -> None:
 
 
 def main() -> None:
+    import signal
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SLURM and `kill` send SIGTERM: stop as on Ctrl-C, keeping what is written
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         app()
     except KeyboardInterrupt:

@@ -326,6 +326,53 @@ def _apply(key: str, value: Any, core: dict, hparams: dict, data: dict, method_c
         )
 
 
+def to_yaml(cfg: RunConfig, sources: dict[str, str] | None = None) -> str:
+    """The resolved config in the form `--config` reads back as it is (method, dataset, seed, the core
+    keys, then `hparams:` and `data:` sections); `sources` adds `# from ...` after each value."""
+    def line(key: str, value: Any, indent: str = "") -> str:
+        text = yaml.safe_dump({key: value}, default_flow_style=True, width=1000).strip()
+        if text.startswith("{") and text.endswith("}"):
+            text = text[1:-1]
+        note = (sources or {}).get(key)
+        return f"{indent}{text}" + (f"  # {note}" if note else "")
+
+    data = cfg.to_dict()
+    lines = [line(k, data[k]) for k in data if k not in ("hparams", "data")]
+    for section in ("hparams", "data"):
+        lines.append(f"{section}:" + ("" if data[section] else " {}"))
+        lines += [line(k, v, "  ") for k, v in data[section].items()]
+    return "\n".join(lines) + "\n"
+
+
+def from_stored(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a run's config_json or config.yaml) as flat values for `resolve`: method,
+    dataset, seed and profile apart, hparams and data as `hparams.` / `data.` keys."""
+    flat = {k: v for k, v in config.items() if k not in ("hparams", "data")}
+    for section in ("hparams", "data"):
+        flat.update({f"{section}.{k}": v for k, v in (config.get(section) or {}).items()})
+    return flat
+
+
+def sources(method: str, dataset: str, profile: str, layers: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """Which layer set each key last: default, dataset defaults, the method's defaults, the profile,
+    then `layers` in order (e.g. the config file, then --set)."""
+    method_cls, dataset_cls = METHODS.get(method), DATASETS.get(dataset)
+    found = {name: "default" for name in CORE_FIELDS}
+    found.update({k: f"{method_cls.name} default" for k in method_cls.hparams})
+    found.update({k: f"{method_cls.name} default for {dataset_cls.name}"
+                  for k in method_cls.dataset_hparams.get(dataset_cls.name, {})})
+    found.update({k: f"{dataset_cls.name} default" for k in dataset_cls.params})
+    found.update({k: f"{dataset_cls.name} protocol" for k in dataset_cls.defaults})
+    found["profile"] = "default" if profile == "benchmark" else "--profile"
+    layers = [(f"{profile} profile", _profile_overrides(method_cls, profile, dataset_cls.name)), *layers]
+    for name, layer in layers:
+        for key in layer:
+            section, _, bare = key.rpartition(".")
+            if section in ("", "hparams", "method", "data", "dataset") or normalize(section) == method_cls.name:
+                found[bare] = name
+    return found
+
+
 def expand(
     methods: list[str],
     dataset: str,

@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import mmbench  # noqa: E402
-from mmbench.config import RunConfig  # noqa: E402
+from mmbench.config import RunConfig, to_yaml  # noqa: E402
 from mmbench.cpus import default_threads  # noqa: E402
 from mmbench.data import Batch, Dataset, Split, Splits, carve_validation  # noqa: E402
 from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
@@ -48,7 +48,15 @@ from mmbench.metrics import (  # noqa: E402
 )
 from mmbench.models import Outputs, build_av_model  # noqa: E402
 from mmbench.registry import DATASETS, METHODS  # noqa: E402
-from mmbench.results import RunPaths, config_columns, run_paths, write_json, write_run  # noqa: E402
+from mmbench.results import (  # noqa: E402
+    RunPaths,
+    config_columns,
+    run_paths,
+    write_epochs,
+    write_json,
+    write_run,
+    write_text,
+)
 from mmbench.stats import shapley_two  # noqa: E402
 
 SELECTIONS = ("final", "best_val")
@@ -270,6 +278,7 @@ def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> di
     paths = run_paths(out, cfg)
     tune_allocator()
     try:
+        write_text(paths.config, to_yaml(cfg))
         return _run(cfg, paths, reporter)
     except RunFailed as exc:
         _record_failure(paths, cfg, exc)
@@ -281,8 +290,14 @@ def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> di
 
 
 def _record_failure(paths: RunPaths, cfg: RunConfig, exc: BaseException) -> None:
-    write_json(paths.failed, {"run_id": cfg.run_id, "error": f"{type(exc).__name__}: {exc}",
-                              "config": cfg.to_dict(), "at": _now()})
+    """Write `<run_id>.failed.json`; this must not fail itself (a full disk is a common cause), so where
+    it cannot be written the reason goes to stderr and the original error stays the one raised."""
+    try:
+        write_json(paths.failed, {"run_id": cfg.run_id, "error": f"{type(exc).__name__}: {exc}",
+                                  "config": cfg.to_dict(), "at": _now()})
+    except OSError as write_error:
+        print(f"mmbench: could not write {paths.failed} ({write_error}); the run failed with: {exc}",
+              file=sys.stderr)
 
 
 @dataclass
@@ -351,6 +366,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
             "generators": {k: g.get_state() for k, g in generators.items()}, "torch_rng": _global_rng(),
             "progress": dataclasses.asdict(progress),
         })
+        write_epochs(paths, progress.epoch_rows)
         reporter.epoch_finished(row)
 
     evaluations = {"final": _evaluate_selected(model, method, dataset, splits, ctx)}
@@ -432,6 +448,10 @@ def _run_row(cfg: RunConfig, dataset: Dataset, splits: Splits, evaluations: dict
         evaluation = evaluations.get(selection, evaluations["final"])
         row.update({f"{selection}_{k}": v for k, v in evaluation.metrics.items()})
     row["code_version"] = cfg.code_version()
+    # What the report must know about the method without importing it (and torch).
+    method_cls = METHODS.get(cfg.method)
+    row["method_reference"] = bool(method_cls.reference)
+    row["method_calibrates"] = method_cls.calibrate is not Method.calibrate
     row.update(dataset.provenance())
     row["best_val_epoch"] = progress.best_epoch
     row["best_val_val_acc"] = progress.best_val_acc

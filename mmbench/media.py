@@ -136,6 +136,10 @@ def read_audio(path: Path, sample_rate: int) -> np.ndarray:
         wave = _read_audio_av(path, sample_rate)
     if wave.size == 0:
         raise _fail(path, "audio has zero samples")
+    # All-zero, or stereo channels that cancel (L = -R): nothing to learn from. The bound is one 16-bit
+    # step, the residue of L = -R quantised to int16 (its range is asymmetric).
+    if float(np.abs(wave).max()) <= 2.0**-15:
+        raise _fail(path, "audio is silent (no sample above one 16-bit step after averaging the channels)")
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 

@@ -101,6 +101,9 @@ class Method(Plugin):
     profiles: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
     #: Fusion heads the method is defined for (None: any).
     fusions: ClassVar[tuple[str, ...] | None] = None
+    #: A reference point rather than a contender (e.g. one modality alone): reports show it but do
+    #: not mark it best.
+    reference: ClassVar[bool] = False
 
     def __init__(self, ctx: RunContext) -> None:
         self.hp = ctx.cfg.hparams

@@ -133,10 +133,11 @@ def _numeric(values: pd.Series) -> np.ndarray:
     return pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
 
 
-def t_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+def t_interval(values: np.ndarray, confidence: float = 0.95, bounds: tuple[float, float] | None = None
+               ) -> tuple[float, float, float]:
     """Mean and two-sided t-interval of the finite values (docs/statistics.md: t, not bootstrap, at
-    n = 3-5); the interval collapses to the mean for a single value."""
-    summary = summarize(np.asarray(values, float), confidence)
+    n = 3-5), cut to `bounds`; the interval collapses to the mean for a single value."""
+    summary = summarize(np.asarray(values, float), confidence, bounds)
     if summary.n < 2:
         return summary.mean, summary.mean, summary.mean
     return summary.mean, summary.ci_low, summary.ci_high
@@ -241,7 +242,7 @@ def strip_plot(runs: pd.DataFrame, dataset: str, metric: str = "best_val_acc", b
             counts.append(len(cell))
             colour = colours.get(method, "0.3")
             ax.scatter(cell["_x"], cell["_y"], s=26, color=colour, edgecolor="white", linewidth=0.6, zorder=3)
-            mean, low, high = t_interval(cell["_y"].to_numpy())
+            mean, low, high = t_interval(cell["_y"].to_numpy(), bounds=(0.0, 100.0) if scale == 100 else None)
             ax.errorbar(x_of[method] + 0.2, mean, yerr=[[mean - low], [high - mean]], fmt="o", ms=6,
                         color=colour, mec="black", mew=0.7, ecolor="black", elinewidth=1.2, capsize=4, zorder=4)
         handles: list[Any] = [

@@ -20,6 +20,12 @@ def run_label(cfg: RunConfig) -> str:
     return f"{cfg.method} seed {cfg.seed}"
 
 
+def epoch_line(cfg: RunConfig, epochs: int, row: dict[str, Any]) -> str:
+    return (f"[{run_label(cfg)}] epoch {row['epoch'] + 1}/{epochs} loss {row['train_loss']:.4f} "
+            f"val acc {_fmt(row['val_acc'])} test acc {_fmt(row['test_acc'])} "
+            f"(a {_fmt(row['test_acc_head_a'])}, v {_fmt(row['test_acc_head_v'])}) {row['epoch_wall_s']:.1f}s")
+
+
 class PlainReporter(Reporter):
     """For logs and pipes: a line per epoch, no control characters."""
 
@@ -33,11 +39,7 @@ class PlainReporter(Reporter):
                            markup=False)
 
     def epoch_finished(self, row: dict[str, Any]) -> None:
-        self.console.print(
-            f"[{run_label(self.cfg)}] epoch {row['epoch'] + 1}/{self.epochs} loss {row['train_loss']:.4f} "
-            f"val acc {_fmt(row['val_acc'])} test acc {_fmt(row['test_acc'])} "
-            f"(a {_fmt(row['test_acc_head_a'])}, v {_fmt(row['test_acc_head_v'])}) "
-            f"{row['epoch_wall_s']:.1f}s", markup=False)
+        self.console.print(epoch_line(self.cfg, self.epochs, row), markup=False)
 
 
 class RichReporter(Reporter):
@@ -65,6 +67,8 @@ class RichReporter(Reporter):
 
     def epoch_finished(self, row: dict[str, Any]) -> None:
         self.epoch, self.val_acc = row["epoch"] + 1, row["val_acc"]
+        if self.progress is not None:  # printed above the bar, so the history stays when the bar goes
+            self.progress.console.print(epoch_line(self.cfg, self.epochs, row), markup=False, highlight=False)
 
     def run_finished(self, row: dict[str, Any]) -> None:
         self.close()

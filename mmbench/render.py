@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def tables(report: Report) -> list[TextTable]:
     out = []
     for dataset, group in report.main.groupby("dataset", sort=True):
         rows, bold = [], set()
-        best = group["mean"].max()
+        best = _best_mean(group)
         resampled = "delta_low_rt" in group
         bca = "bootstrap_low" in group and group["bootstrap_low"].notna().any()
         for i, r in enumerate(group.to_dict("records")):
@@ -58,7 +60,7 @@ def tables(report: Report) -> list[TextTable]:
                          pvalue(r.get("p")), pvalue(r.get("p_holm")), num(r.get("d_z"), 2),
                          num(r.get("p_better"), 2), pp(r.get("mde")) if not r.get("significant") else "",
                          _text(r.get("test")), r.get("mark") or ""])
-            if _finite(r["mean"]) and r["mean"] == best:
+            if _finite(best) and r["mean"] == best and r["n"] >= 2 and not r.get("reference"):
                 bold.add((i, 3))
         dropped = [f"{r['method']}: {r['dropped']}" for r in group.to_dict("records") if _text(r.get("dropped"))]
         status = ("" if o.tested and not o.exploratory else
@@ -69,6 +71,8 @@ def tables(report: Report) -> list[TextTable]:
              *(["Δ BCa 95% (n ≥ 10)"] if bca else []), *(["Δ [95%, test resampled]"] if resampled else []),
              "p", "p Holm", "d_z",
              f"P(Δ>{pp(o.rope, 0)}pp)", "MDE", "test", ""], rows, bold,
+            "± = one SD over seeds (in every table of this report; intervals are in brackets), bold = the "
+            "single best mean among non-reference methods with 2 or more seeds. "
             "Δ in pp; paired t over seeds sharing init and data order (Welch where seeds are not paired); "
             "* p<0.05, † Holm-significant, ≈ equivalent within the ROPE (TOST), ? low power; "
             "MDE = smallest Δ detectable with 80 % power, shown for non-significant rows; n used = seeds in "
@@ -79,7 +83,61 @@ def tables(report: Report) -> list[TextTable]:
     out.append(_protocol(report))
     if report.across is not None:
         out.append(_across(report))
+    out.append(_per_seed(report))
+    out.append(_configuration(report))
     return out
+
+
+def _per_seed(report: Report) -> TextTable:
+    """Every run's value of the reported metric: with 3-10 seeds, the values are the evidence."""
+    o = report.options
+    column = o.column
+    runs = report.runs
+    seeds = sorted(runs["seed"].unique().tolist())
+    rows = []
+    for (dataset, method), cell in runs.groupby(["dataset", "variant"], sort=False):
+        by_seed = dict(zip(cell["seed"], cell[column], strict=True)) if column in cell else {}
+        rows.append([dataset, method, *(pp(by_seed.get(seed)) for seed in seeds)])
+    return TextTable(f"Per seed: test {o.metric} (%), {o.selection} selection", ["dataset", "method",
+                     *(f"seed {s}" for s in seeds)], rows, set(),
+                     "One run per cell; runs of the same seed share initialisation and data order where the "
+                     "results say so (pairing).")
+
+
+# Provenance columns: what a reader needs to know to rerun the table.
+_PROVENANCE = ("mmbench_version", "git_sha", "torch_version", "device_name", "code_version")
+# Settings that belong to the methods, not to the protocol.
+_NOT_PROTOCOL = {"method", "dataset", "seed", "hparams", "data", "device", "num_threads"}
+
+
+def _configuration(report: Report) -> TextTable:
+    """The protocol every compared run shares (one value) or not (values by method), the chance level,
+    and the provenance of the runs."""
+    rows = []
+    for dataset, group in report.runs.groupby("dataset", sort=True):
+        settings: dict[str, dict[str, set[str]]] = {}
+        for method, text in zip(group["variant"], group["config_json"], strict=True):
+            config = json.loads(text)
+            flat = {k: v for k, v in config.items() if k not in _NOT_PROTOCOL}
+            flat.update({f"data.{k}": v for k, v in config.get("data", {}).items()
+                         if k not in ("root", "cache", "split_dir")})
+            for key, value in flat.items():
+                settings.setdefault(key, {}).setdefault(method, set()).add(str(value))
+        for key, by_method in sorted(settings.items()):
+            values = set().union(*by_method.values())
+            shown = next(iter(values)) if len(values) == 1 else "; ".join(
+                f"{m}: {'/'.join(sorted(v))}" for m, v in by_method.items())
+            rows.append([dataset, key, shown])
+        known = group["classes"].dropna() if "classes" in group else []
+        classes = known.iloc[0].split(",") if len(known) else []
+        if classes:
+            rows.append([dataset, "chance level (1 / classes)", f"{100 / len(classes):.2f} % ({len(classes)} classes)"])
+        for column in _PROVENANCE:
+            if column in group:
+                rows.append([dataset, column, ", ".join(sorted({str(v) for v in group[column].dropna()})) or "–"])
+    return TextTable("Configuration and provenance", ["dataset", "setting", "value"], rows, set(),
+                     "Settings of the runs in this report (a setting with several values lists them by method), "
+                     "the chance level, and the code and machines that produced them.")
 
 
 def _delta(r: dict) -> str:
@@ -117,8 +175,8 @@ def _imbalance(report: Report) -> TextTable:
         if has_gap:
             row += [_gap(r, "a"), _gap(r, "v")]
         rows.append(row)
-    caption = ("Per-modality accuracy (%) of each modality's own logits in the fused model (± half the 95 % "
-               "t-interval); rho = audio/visual true-class score ratio (1 = balanced), geometric mean over runs; "
+    caption = ("Per-modality accuracy (%) of each modality's own logits in the fused model (mean [95 % "
+               "t-interval]); rho = audio/visual true-class score ratio (1 = balanced), geometric mean over runs; "
                "D3/D4 = decision-layer diagnostics: audio's share of the logit mass and of the audio-visual "
                "disagreements it decides.")
     if has_shapley:
@@ -145,7 +203,19 @@ def _gap(row: dict, m: str) -> str:
 
 
 def _pm(row: dict, key: str) -> str:
-    return f"{pp(row.get(key))} ± {pp(row.get(f'{key}_ci'))}" if _finite(row.get(key)) else "–"
+    """Mean [95 % interval]: in every table '±' is one SD over seeds, never an interval."""
+    if not _finite(row.get(key)):
+        return "–"
+    return f"{pp(row.get(key))} [{pp(row.get(f'{key}_low'))}, {pp(row.get(f'{key}_high'))}]"
+
+
+def _best_mean(group) -> float:
+    """The highest mean among methods with at least 2 seeds that are not a reference point (e.g.
+    `unimodal`, one modality alone); NaN on a tie (two methods at 73.33 ± 0.00 are not one best)."""
+    candidates = group[(group["n"] >= 2) & ~group["reference"].fillna(False).astype(bool)]["mean"].dropna()
+    if candidates.empty or (candidates == candidates.max()).sum() > 1:
+        return math.nan
+    return float(candidates.max())
 
 
 def _protocol(report: Report) -> TextTable:
@@ -202,31 +272,57 @@ def _header(report: Report) -> str:
 _TEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
 _TEX_SYMBOLS = {"±": r"$\pm$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "≈": r"$\approx$", "–": "--", "φ": r"$\phi$",
-                "Δ̄": r"$\bar\Delta$", "<": r"$<$", ">": r"$>$", "·": r"$\cdot$"}
+                "Δ̄": r"$\bar\Delta$", "<": r"$<$", ">": r"$>$", "·": r"$\cdot$", "−": r"$-$", "≥": r"$\geq$",
+                "≤": r"$\leq$", "×": r"$\times$", "§": r"\S{}", "š": r"\v{s}"}
+
+
+# Written in math mode: d_z, and a sign in front of a number (a text hyphen is not a minus).
+_TEX_MATH = [(re.compile(r"\bd_z\b"), "\x00d_z\x00"), (re.compile(r"(?<![\w.])([+-])(?=\d)"), "\x00\\1\x00")]
 
 
 def tex_escape(text: str) -> str:
+    for pattern, marked in _TEX_MATH:
+        text = pattern.sub(marked, text)
     out = "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
     for symbol, command in sorted(_TEX_SYMBOLS.items(), key=lambda kv: -len(kv[0])):
         out = out.replace(symbol, command)
-    return out
+    return re.sub("\x00(.*?)\x00", lambda m: "$" + m.group(1).replace("\\_", "_") + "$", out)
+
+
+def latex_table(table: TextTable) -> str:
+    """One table as a fragment a paper can `\\input` (needs booktabs and graphicx); shrunk to the line
+    width where it is wider."""
+    parts = [r"\begin{table}[htbp]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
+             r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
+             r"\begin{tabular}{" + "l" + "r" * (len(table.headers) - 1) + "}", r"\toprule",
+             " & ".join(tex_escape(h) for h in table.headers) + r" \\", r"\midrule"]
+    for i, row in enumerate(table.rows):
+        cells = [rf"\textbf{{{tex_escape(c)}}}" if (i, j) in table.bold else tex_escape(c)
+                 for j, c in enumerate(row)]
+        parts.append(" & ".join(cells) + r" \\")
+    parts += [r"\bottomrule", r"\end{tabular}}", "", r"\smallskip",
+              r"{\footnotesize " + tex_escape(table.caption) + "}", r"\end{table}"]
+    return "\n".join(parts) + "\n"
 
 
 def latex(report: Report) -> str:
-    parts = [r"\documentclass{article}", r"\usepackage{booktabs}", r"\usepackage[margin=1cm,landscape]{geometry}",
-             r"\usepackage[T1]{fontenc}", r"\begin{document}", r"\scriptsize", tex_escape(_header(report)), ""]
-    for table in tables(report):
-        parts += [r"\begin{table}[h]", r"\centering", rf"\caption{{{tex_escape(table.title)}}}",
-                  r"\begin{tabular}{" + "l" + "r" * (len(table.headers) - 1) + "}", r"\toprule",
-                  " & ".join(tex_escape(h) for h in table.headers) + r" \\", r"\midrule"]
-        for i, row in enumerate(table.rows):
-            cells = [rf"\textbf{{{tex_escape(c)}}}" if (i, j) in table.bold else tex_escape(c)
-                     for j, c in enumerate(row)]
-            parts.append(" & ".join(cells) + r" \\")
-        parts += [r"\bottomrule", r"\end{tabular}", "", r"\smallskip", tex_escape(table.caption), r"\end{table}", ""]
+    """A whole document (Latin Modern: Type 1 fonts, which PDF checkers such as IEEE PDF eXpress accept)."""
+    parts = [r"\documentclass{article}", r"\usepackage[T1]{fontenc}", r"\usepackage{lmodern}",
+             r"\usepackage{booktabs}", r"\usepackage{graphicx}", r"\usepackage[margin=1.5cm,landscape]{geometry}",
+             r"\begin{document}", r"\small", tex_escape(_header(report)), ""]
+    parts += [latex_table(table) for table in tables(report)]
     parts += [r"\begin{itemize}"] + [rf"\item {tex_escape(n)}" for n in report.notes] + [r"\end{itemize}"]
     parts.append(r"\end{document}")
     return "\n".join(parts) + "\n"
+
+
+def latex_fragments(report: Report) -> dict[str, str]:
+    """`tables/<n>-<title>.tex`: each table alone, to `\\input` into a paper."""
+    fragments = {}
+    for n, table in enumerate(tables(report), start=1):
+        slug = re.sub(r"[^a-z0-9]+", "-", table.title.lower()).strip("-")[:40]
+        fragments[f"{n:02d}-{slug}.tex"] = latex_table(table)
+    return fragments
 
 
 _CSS = """body{font-family:-apple-system,'DejaVu Sans',Arial,sans-serif;margin:2em;color:#222}

@@ -9,6 +9,7 @@ over the family "every method vs the baseline on every dataset".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from mmbench import stats
 from mmbench.results import RunPaths, read_epochs, read_runs
@@ -104,8 +106,10 @@ def _refuse_disagreeing_copies(runs: pd.DataFrame) -> None:
                 "other's --set num_threads=N")
 
 
-def load_results(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Finished runs of every folder (a run found twice counts once) and their epoch rows."""
+def load_results(folders: list[Path], where: dict[str, str] | None = None, exclude: dict[str, str] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Finished runs of every folder (a run found twice counts once) and their epoch rows; `where` keeps
+    the runs whose settings have all the given values, `exclude` drops those with any of them."""
     runs, epochs, unreadable = [], [], []
     for folder in folders:
         if not Path(folder).is_dir():
@@ -123,6 +127,7 @@ def load_results(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs_df = runs_df.drop_duplicates("run_id").reset_index(drop=True)
     if "status" in runs_df:
         runs_df = runs_df[runs_df["status"] == "ok"].reset_index(drop=True)
+    runs_df = filter_runs(runs_df, where or {}, exclude or {})
     runs_df["variant"] = variant_labels(runs_df)
     epochs_df = pd.concat([e for e in epochs if not e.empty], ignore_index=True) if any(
         not e.empty for e in epochs) else pd.DataFrame()
@@ -134,19 +139,49 @@ def load_results(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return runs_df, epochs_df
 
 
+def filter_runs(runs: pd.DataFrame, where: dict[str, str], exclude: dict[str, str]) -> pd.DataFrame:
+    """Keep the runs matching every `where` KEY=VALUE and none of the `exclude` ones. KEY is method,
+    dataset, seed or any setting (core key, hyperparameter, data setting); VALUE is read as YAML."""
+    if not where and not exclude:
+        return runs
+    settings = [{"method": m, "dataset": d, **_identity(c), "seed": s}
+                for m, d, c, s in zip(runs["method"], runs["dataset"], runs["config_json"], runs["seed"], strict=True)]
+    known = set().union(*settings) if settings else set()
+    for option, pairs in (("--where", where), ("--exclude", exclude)):
+        for key in pairs:
+            if key not in known:
+                raise ReportError(f"{option} {key}=...: no run has a setting {key!r}; settings: "
+                                  f"{', '.join(sorted(known))}")
+
+    def matches(setting: dict[str, Any], key: str, text: str) -> bool:
+        value = yaml.safe_load(text)
+        return key in setting and (setting[key] == value or str(setting[key]) == text)
+
+    keep = [all(matches(s, k, v) for k, v in where.items()) and not any(matches(s, k, v) for k, v in exclude.items())
+            for s in settings]
+    kept = runs[keep].reset_index(drop=True)
+    if kept.empty:
+        raise ReportError("no runs left after --where/--exclude "
+                          + ", ".join(f"{k}={v}" for k, v in {**where, **exclude}.items()))
+    return kept
+
+
 def variant_labels(runs: pd.DataFrame) -> pd.Series:
-    """The method name, plus the settings that differ where one method ran with several configs
-    on a dataset (e.g. `ogm-ge[alpha=0.5]`)."""
+    """The method name; where one method ran with several configs on a dataset, the most common one
+    keeps the plain name (so one exploratory run does not rename the baseline) and each other one adds
+    the settings where it differs from it (e.g. `joint[lr=0.05]`)."""
     configs = [_identity(text) for text in runs["config_json"]]
     labels = runs["method"].astype(str).copy()
-    for (_dataset, method), rows in runs.groupby(["dataset", "method"]).groups.items():
-        distinct = {json.dumps(configs[i], sort_keys=True) for i in rows}
-        if len(distinct) < 2:
+    for (_dataset, method), rows in runs.groupby(["dataset", "method"], sort=False).groups.items():
+        keyed = [json.dumps(configs[i], sort_keys=True) for i in rows]
+        if len(set(keyed)) < 2:
             continue
-        keys = sorted({k for i in rows for k in configs[i]
-                       if len({json.dumps(configs[j].get(k), sort_keys=True) for j in rows}) > 1})
+        counts = pd.Series(keyed).value_counts(sort=False)
+        plain = configs[rows[keyed.index(counts.idxmax())]]
         for i in rows:
-            labels.iloc[i] = f"{method}[{','.join(f'{k}={configs[i].get(k)}' for k in keys)}]"
+            differing = sorted(k for k in set(configs[i]) | set(plain) if configs[i].get(k) != plain.get(k))
+            if differing:
+                labels.iloc[i] = f"{method}[{','.join(f'{k}={configs[i].get(k)}' for k in differing)}]"
     return labels
 
 
@@ -188,6 +223,11 @@ def build_report(runs: pd.DataFrame, epochs: pd.DataFrame, options: ReportOption
     notes: list[str] = []
     main = main_table(runs, options, notes)
     notes.extend(_fallback_notes(runs, options))
+    calibrated = sorted(v for v, cell in runs.groupby("variant") if calibrates(cell))
+    if calibrated:
+        notes.append(f"{', '.join(calibrated)}: calibrated on validation after training; the maximum over epochs "
+                     "(and --selection paper) is of the uncalibrated model's test accuracy, so the protocol table "
+                     "leaves it out")
     if options.resample_test:
         main = resample_test_intervals(runs, main, options, notes)
     across, friedman = across_datasets(main, runs, options, notes)
@@ -301,8 +341,9 @@ def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> 
             notes.append(f"{dataset}: no runs of the baseline {options.baseline}; no comparisons there")
         for method in _methods_in_order(group, options.baseline):
             cell = group[group["variant"] == method]
-            summary = stats.summarize(cell[options.column].to_numpy(float))
+            summary = stats.summarize(cell[options.column].to_numpy(float), bounds=(0.0, 1.0))
             row = {"dataset": dataset, "method": method, "n": summary.n, "mean": summary.mean, "sd": summary.sd,
+                   "reference": method_flag(cell, "method_reference"),
                    "ci_low": summary.ci_low, "ci_high": summary.ci_high, "median": summary.median,
                    "seeds": ",".join(str(s) for s in sorted(cell["seed"]))}
             differing = _protocol_differences(cell, base) if method != options.baseline and not base.empty else ""
@@ -418,6 +459,8 @@ def _comparison(cell: pd.DataFrame, base: pd.DataFrame, options: ReportOptions) 
     narrow = stats.compare(a, b, paired=paired, rope=options.rope, confidence=0.90)
     equivalent = (math.isfinite(narrow.ci_low) and -options.rope <= narrow.ci_low
                   and narrow.ci_high <= options.rope)  # TOST at 5 % == the 90 % interval inside the ROPE
+    # A difference of two scores in [0, 1] lies in [-1, 1]; the t-interval is cut to it (n = 2).
+    result = dataclasses.replace(result, ci_low=max(result.ci_low, -1.0), ci_high=min(result.ci_high, 1.0))
     return {"n_pairs": result.n_method if paired else 0, "n_used": f"{result.n_method}/{result.n_baseline}",
             "dropped": _dropped(cell, base, options.column, str(cell["variant"].iloc[0]), options.baseline,
                                 joined, why),
@@ -460,8 +503,10 @@ def imbalance_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
                 values = cell[f"{prefix}{column}"].to_numpy(float)
                 if column == "rho":  # a ratio: averaged on the log scale (geometric mean), docs/statistics.md
                     values = np.log(np.where(values > 0, values, np.nan))
-                summary = stats.summarize(values)
+                bounded = column.startswith(("acc_", "d3_", "d4_audio_decides"))  # shares and accuracies
+                summary = stats.summarize(values, bounds=(0.0, 1.0) if bounded else None)
                 row[name], row[f"{name}_ci"] = summary.mean, (summary.ci_high - summary.ci_low) / 2
+                row[f"{name}_low"], row[f"{name}_high"] = summary.ci_low, summary.ci_high
                 if column == "rho":
                     row[name] = math.exp(summary.mean) if math.isfinite(summary.mean) else math.nan
                     row[f"{name}_ci"] = math.nan  # an interval on the log scale; see rho_log_ci
@@ -544,9 +589,32 @@ def protocol_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
                "best_val": float(best.mean()) if best is not None else math.nan,
                "final": float(final.mean()) if final is not None else math.nan,
                "max_over_epochs": float(paper.mean()) if paper is not None else math.nan}
+        if calibrates(cell):  # the epochs' test accuracy is of the uncalibrated decision: not comparable
+            row["max_over_epochs"] = math.nan
         row["optimism"] = row["max_over_epochs"] - row["best_val"]
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["dataset"], kind="stable").reset_index(drop=True)
+
+
+def calibrates(cell: pd.DataFrame) -> bool:
+    """Whether the runs' method fits a calibration on validation after training (e.g. dlc): its best-val
+    and final accuracies are of the calibrated model, its per-epoch test accuracies are not."""
+    return method_flag(cell, "method_calibrates")
+
+
+def method_flag(cell: pd.DataFrame, column: str) -> bool:
+    """A property of the runs' method stored in the run rows; results written before it was stored ask
+    the registry (which imports the methods, and torch)."""
+    if column in cell and cell[column].notna().all():
+        return bool(cell[column].astype(bool).any())
+    from mmbench.method import Method
+    from mmbench.registry import METHODS
+
+    name = str(cell["method"].iloc[0])
+    if name not in METHODS.names():
+        return False
+    method = METHODS.get(name)
+    return bool(method.reference) if column == "method_reference" else method.calibrate is not Method.calibrate
 
 
 def across_datasets(main: pd.DataFrame, runs: pd.DataFrame, options: ReportOptions,
@@ -661,6 +729,10 @@ def write_report(report: Report, out: Path, formats: tuple[str, ...], figures: b
             filename, writer = writers[name]
             written[name] = out / filename
             _write(written[name], writer(report))
+    if "tex" in formats:  # each table also alone, for \input into a paper
+        (out / "tables").mkdir(exist_ok=True)
+        for filename, text in render.latex_fragments(report).items():
+            _write(out / "tables" / filename, text)
     return written
 
 

@@ -4,6 +4,7 @@ Per run, under `<out>/dataset=<d>/method=<m>/`:
   <run_id>.parquet         one row: resolved config, final / best-val / paper metrics, provenance
   <run_id>.epochs.parquet  one row per epoch: curves, per-modality accuracy, method diagnostics
   <run_id>.preds.parquet   one row per test sample and selection: labels and predictions
+  <run_id>.config.yaml     the resolved config, written when the run starts (`run --config` reads it)
   <run_id>.failed.json     only for a run that failed (removed when it later succeeds)
 The run row is written last, so its presence means the run finished. Every file is written
 to a dot-prefixed temporary file in the same folder and renamed (readers skip dot files).
@@ -41,6 +42,11 @@ class RunPaths:
     @property
     def preds(self) -> Path:
         return self.folder / f"{self.run_id}.preds.parquet"
+
+    @property
+    def config(self) -> Path:
+        """The resolved config as YAML, accepted by `mmbench run --config` as it is."""
+        return self.folder / f"{self.run_id}.config.yaml"
 
     @property
     def failed(self) -> Path:
@@ -114,10 +120,27 @@ def _atomic_write(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _remove_stale_temporaries(path)
+
+
+def _remove_stale_temporaries(path: Path, older_than_s: float = 3600.0) -> None:
+    """Temporary files of `path` that a killed writer left behind (an hour old: no writer is still on them)."""
+    import time
+
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if time.time() - stale.stat().st_mtime > older_than_s:
+                stale.unlink()
+        except OSError:
+            pass  # another process removed it first
 
 
 def write_table(path: Path, table: pa.Table) -> None:
     _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -129,11 +152,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def write_run(paths: RunPaths, row: dict[str, Any], epochs: list[dict[str, Any]],
               preds: dict[str, list]) -> None:
     """Side tables first, the run row last: a run row on disk means a complete run."""
-    # Columns are the union over epochs: a diagnostic may start only after a warm-up.
-    write_table(paths.epochs, pa.Table.from_pandas(pd.DataFrame(epochs), preserve_index=False))
+    write_epochs(paths, epochs)
     write_table(paths.preds, pa.table(preds))
     write_table(paths.row, pa.Table.from_pylist([row]))
     paths.failed.unlink(missing_ok=True)
+
+
+def write_epochs(paths: RunPaths, epochs: list[dict[str, Any]]) -> None:
+    """The epoch table so far; rewritten after every epoch, so a running or killed run shows its curve."""
+    # Columns are the union over epochs: a diagnostic may start only after a warm-up.
+    write_table(paths.epochs, pa.Table.from_pandas(pd.DataFrame(epochs), preserve_index=False))
 
 
 def config_columns(cfg: RunConfig) -> dict[str, Any]:

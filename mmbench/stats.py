@@ -9,6 +9,7 @@ float arrays of accuracies as fractions; converting to percentage points is the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,12 +49,23 @@ class CellSummary:
     median: float
 
 
-def summarize(values: ArrayLike, confidence: float = 0.95) -> CellSummary:
-    """Mean, SD (ddof 1), median and the t-interval mean ± t_{(1+c)/2, n-1} s/√n (STATS §2.3).
+def summarize(values: ArrayLike, confidence: float = 0.95, bounds: tuple[float, float] | None = None
+              ) -> CellSummary:
+    """Mean, SD (ddof 1), median and the t-interval mean ± t_{(1+c)/2, n-1} s/√n.
 
     NaNs are dropped. n == 1: SD and interval are NaN; n == 0: everything NaN; zero variance:
-    the interval is (mean, mean).
+    the interval is (mean, mean). `bounds`: the values' possible range (accuracy: 0 to 1); the
+    interval is cut to it, which keeps its coverage (at n = 2 a t-interval spans -276 % to 359 %).
     """
+    summary = _summarize(values, confidence)
+    if bounds is None or summary.n < 2:
+        return summary
+    low, high = bounds
+    return dataclasses.replace(summary, ci_low=min(max(summary.ci_low, low), high),
+                               ci_high=max(min(summary.ci_high, high), low))
+
+
+def _summarize(values: ArrayLike, confidence: float) -> CellSummary:
     x = _clean(values)
     n = len(x)
     if n == 0:

@@ -58,7 +58,8 @@ def train_steps(cfg: RunConfig, steps: int):
 
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory):
-    """Full-size synthetic runs on the default protocol, each computed once per session."""
+    """Full-size synthetic runs on the default protocol, each computed once per session, on one thread:
+    the thread count changes the last bits of training, and effect tests must not depend on the machine."""
     import pyarrow.parquet as pq
 
     from mmbench import engine
@@ -67,7 +68,7 @@ def synthetic_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic-results")
 
     def run(method: str, seed: int, **overrides: Any) -> dict[str, Any]:
-        cfg = resolve(method, "synthetic", seed, overrides=overrides)
+        cfg = resolve(method, "synthetic", seed, overrides={"num_threads": 1, **overrides})
         paths = run_paths(out, cfg)
         if paths.row.exists():
             return pq.read_table(paths.row).to_pylist()[0]

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -225,13 +226,21 @@ def test_a_request_no_node_can_meet_is_reported_and_ctrl_c_leaves_the_jobs_queue
     sweep = subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--backend", "slurm", "--slurm",
                                      "cpus_per_task=64", "--slurm", "gpus_per_task=0"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    def read() -> None:
+        for line in sweep.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        deadline = time.time() + 60
-        while not (out / ".slurm" / "jobs.json").exists() and time.time() < deadline:
+        deadline = time.time() + 120  # until a poll of squeue has said why the run waits (slow on a busy machine)
+        while not any("runs pending" in line for line in lines) and sweep.poll() is None and time.time() < deadline:
             time.sleep(0.2)
-        time.sleep(3)  # a poll of squeue
         sweep.send_signal(signal.SIGINT)
-        stdout, stderr = sweep.communicate(timeout=60)
+        sweep.wait(timeout=180)  # an squeue call in flight finishes first; slow on a busy machine
+        reader.join(timeout=10)
+        stdout, stderr = "".join(lines), sweep.stderr.read()
     finally:
         for job in json.loads((out / ".slurm" / "jobs.json").read_text()).values():
             subprocess.run(["scancel", job["job_id"].split("_")[0]])

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from mmbench.cli import app
 from mmbench.results import read_runs
 
-from .conftest import TINY
+from .conftest import TINY, tiny_config
 
 runner = CliRunner()
 TINY_SETS = [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
@@ -215,3 +215,108 @@ def test_unreadable_result_files_are_skipped_and_listed_and_a_corrupt_run_is_ret
     repaired = invoke("run", "-m", "joint", "--seeds", "0", "--out", str(out), *TINY_SETS)
     assert repaired.exit_code == 0 and "already done" not in repaired.output
     assert row_file.stat().st_mtime_ns != finished and len(pd.read_parquet(row_file)) == 1
+
+
+def test_a_stored_run_replays_from_its_config_yaml_its_row_or_its_run_id(tmp_path):
+    """Issue 15.4: a run's stored config, written back as YAML, was rejected (`unknown key 'seed' ... did you
+    mean data_seed?`). Each run now keeps <run_id>.config.yaml, which --config takes as it is."""
+    import pandas as pd
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert invoke("run", "-m", "opm", "--seeds", "1", "--out", str(first), *TINY_SETS).exit_code == 0
+    row = next(p for p in first.glob("dataset=*/method=opm/*.parquet") if p.name.count(".") == 1)
+    run_id = row.stem
+    config = row.with_name(f"{run_id}.config.yaml")
+    assert "seed: 1" in config.read_text() and "hparams:" in config.read_text()
+
+    replay = invoke("run", "--config", str(config), "--out", str(second))
+    assert replay.exit_code == 0, replay.output
+    again = second / row.relative_to(first)
+    assert again.is_file()  # the same run_id
+    assert pd.read_parquet(row.with_name(f"{run_id}.preds.parquet")).equals(
+        pd.read_parquet(again.with_name(f"{run_id}.preds.parquet")))
+    assert "already done" in invoke("run", "--from", run_id, "--out", str(first)).output
+    assert "already done" in invoke("run", "--from", str(row), "--out", str(second)).output
+
+    shown = invoke("run", "--from", str(row), "--set", "lr=0.05", "--print-config", "--out", str(tmp_path / "c"))
+    assert "lr: 0.05  # --set" in shown.output and f"epochs: 2  # --from {row}" in shown.output
+    assert not (tmp_path / "c").exists()  # --print-config runs nothing
+    fresh = invoke("run", "-m", "ogm-ge", "--set", "alpha=0.3", "--print-config")
+    assert "alpha: 0.3  # --set" in fresh.output and "modulate: conv  # ogm-ge default" in fresh.output
+    assert "lr: 0.02  # synthetic protocol" in fresh.output
+    missing = invoke("run", "--from", "0123456789abcdef", "--out", str(first))
+    assert missing.exit_code == 2 and "no run 0123456789abcdef under" in missing.output
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "-m", "joint", "--seeds", "0", *TINY_SETS, "--out"],
+    ["sweep", "SWEEP", "--out"],
+    ["report", "RESULTS", "--format", "md", "--out"],
+    ["fixtures", "cremad", "--layout", "raw", "--out"],
+])
+def test_an_output_that_cannot_be_written_fails_before_any_work_in_one_line(tmp_path, command):
+    """Issue 15.19: a read-only or regular-file --out gave tracebacks, `report` after all its work."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("methods: [joint]\ndatasets: [synthetic]\nseeds: [0]\nset: {epochs: 1, n_train: 240}\n")
+    results = tmp_path / "results"
+    assert invoke("run", "-m", "joint", "--seeds", "0", "--out", str(results), *TINY_SETS).exit_code == 0
+    args = [str(sweep) if a == "SWEEP" else str(results) if a == "RESULTS" else a for a in command]
+    target = blocker / "sub" if command[0] == "fixtures" else blocker
+    result = runner.invoke(app, [*args, str(target)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and ("is a file, not a folder" in result.output or
+                                                 "cannot write there" in result.output), result.output
+
+
+def test_a_failure_record_that_cannot_be_written_does_not_hide_the_failure(tmp_path, monkeypatch):
+    from mmbench import engine
+    from mmbench.config import resolve
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    cfg = resolve("joint", "synthetic", 0, overrides={**TINY, "lr": 1e30})  # diverges: a run failure
+    monkeypatch.setattr(engine, "write_json", no_space)
+    with pytest.raises(engine.RunFailed, match="non-finite loss"):
+        engine.run(cfg, tmp_path)
+
+
+def test_a_run_locked_by_another_process_is_waited_for_and_reported_as_done_there():
+    """Issue 15.23: the second of two concurrent `run`s exited 0 having produced nothing."""
+    from mmbench.cli import _execute_or_wait
+
+    def scripted(*outcomes):
+        queue = list(outcomes)
+        return lambda cfg, out, reporter, announce_lock=True: queue.pop(0)
+
+    cfg = tiny_config()
+    assert _execute_or_wait(cfg, "out", None, scripted("locked", "locked", "done"), poll_s=0) == "done elsewhere"
+    assert _execute_or_wait(cfg, "out", None, scripted("locked", "trained"), poll_s=0) == "trained"  # it failed there
+    assert _execute_or_wait(cfg, "out", None, scripted("done"), poll_s=0) == "done"
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_the_run_resumes(tmp_path):
+    """Issue 15.23: SLURM and `kill` send SIGTERM, which had no handler."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mmbench.results import run_paths
+
+    cfg = tiny_config(epochs=40)
+    args = [sys.executable, "-c", "from mmbench.cli import main; main()", "run", "-m", "joint", "--seeds", "0",
+            "--out", str(tmp_path), *[a for key, v in TINY.items() if key != "epochs"
+                                      for a in ("--set", f"{key}={v}")], "--epochs", "40"]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    epochs = run_paths(tmp_path, cfg).epochs
+    deadline = time.time() + 120
+    while not epochs.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    assert "interrupted: joint seed 0 resumes from its last finished epoch" in stderr
+    assert not run_paths(tmp_path, cfg).row.exists()

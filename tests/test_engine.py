@@ -119,8 +119,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     child.wait()
     paths = run_paths(out, cfg)
     assert not paths.row.exists(), "the run must not have finished before the kill"
-    visible = [p for p in paths.folder.glob("*") if not p.name.startswith(".")] if paths.folder.exists() else []
-    assert visible == [], "a killed run leaves no result file behind"
+    visible = sorted(p.name for p in paths.folder.glob("*") if not p.name.startswith("."))
+    # a killed run leaves its config and the epochs it finished (issue 15.4/15.5), never a run row or preds
+    assert visible in ([paths.config.name], sorted([paths.config.name, paths.epochs.name])), visible
     resumed = engine.run(cfg, out)
     assert resumed["final_n_correct"] == reference["final_n_correct"]
     assert np.array_equal(np.stack(_preds(out, cfg)["probs"]),
@@ -143,7 +144,7 @@ def test_a_write_killed_midway_leaves_no_partial_file(tmp_path, monkeypatch):
         engine.run(cfg, tmp_path)
     paths = run_paths(tmp_path, cfg)
     leftovers = sorted(p.name for p in paths.folder.iterdir())
-    assert leftovers == [paths.epochs.name, paths.failed.name]  # no row, no preds, no temp file
+    assert leftovers == sorted([paths.config.name, paths.epochs.name, paths.failed.name])  # no row, preds, temp
     assert read_runs(tmp_path).empty
     monkeypatch.undo()
     engine.run(cfg, tmp_path)  # the same run now completes and clears the failure record
@@ -167,6 +168,8 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_records_a_failure(tmp_pat
     record = json.loads(run_paths(tmp_path, cfg).failed.read_text())
     assert "non-finite loss" in record["error"] and record["run_id"] == cfg.run_id
     assert not run_paths(tmp_path, cfg).row.exists()
+    # issue 15.5: the epoch table is written as training goes, so the epoch before the failure is there
+    assert pd.read_parquet(run_paths(tmp_path, cfg).epochs)["epoch"].tolist() == [0]
 
 
 def test_result_files_follow_the_schema(tmp_path):
@@ -305,3 +308,18 @@ def test_lr_step_at_moves_each_decay_one_epoch_earlier(tmp_path, step_at, expect
     engine.run(cfg, tmp_path)
     lrs = read_epochs(tmp_path).sort_values("epoch")["lr"].tolist()
     assert lrs == pytest.approx([0.01 * f for f in expected])
+
+
+def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_path):
+    """Issue 15.23: kill -9 during a result write left `.<name>.*.tmp` files that no rerun removed."""
+    import os
+
+    from mmbench.results import write_text
+
+    target = tmp_path / "x.config.yaml"
+    stale, fresh = tmp_path / ".x.config.yaml.old1.tmp", tmp_path / ".x.config.yaml.new1.tmp"
+    stale.write_text("half")
+    fresh.write_text("another writer, now")
+    os.utime(stale, (0, 0))
+    write_text(target, "a: 1\n")
+    assert target.read_text() == "a: 1\n" and not stale.exists() and fresh.exists()

@@ -499,3 +499,18 @@ def test_load_feature_file_rejects(tmp_path: Path) -> None:
         with pytest.raises(MediaError, match=reason) as info:
             load_feature_file(tmp_path / name)
         assert name in str(info.value)
+
+
+@pytest.mark.parametrize("channels", [
+    np.zeros((16000, 1), np.float32),                                     # all-zero mono
+    np.stack([np.sin(np.arange(16000) / 5.0), -np.sin(np.arange(16000) / 5.0)], axis=1).astype(np.float32),
+])
+def test_silent_audio_is_a_media_error_naming_the_file(tmp_path: Path, channels: np.ndarray) -> None:
+    """Issue 15.21: an all-zero WAV and a stereo WAV with L = -R were kept although the README says silent
+    clips are detected; averaging the channels leaves nothing to learn from in both."""
+    path = tmp_path / "1001_DFA_ANG_XX.wav"
+    soundfile.write(path, channels, 16000)
+    with pytest.raises(MediaError, match=r"1001_DFA_ANG_XX.wav: audio is silent"):
+        read_audio(path, 16000)
+    soundfile.write(path, channels[:, :1] + 0.01, 16000)
+    assert read_audio(path, 16000).std() >= 0  # any signal is accepted

@@ -194,8 +194,10 @@ def test_modulation_slows_the_dominant_encoder_on_imbalanced_data():
 
 @pytest.mark.slow
 def test_ogm_ge_raises_the_slow_modality_on_synthetic(synthetic_run):
-    """Seeds 0-2 of the default protocol, paired with joint training: the visual half of the
-    fusion head ends higher under OGM-GE for every seed (5-seed figures in the closing note)."""
-    for seed in (0, 1, 2):
-        joint, ogm_ge = synthetic_run("joint", seed), synthetic_run("ogm-ge", seed)
-        assert ogm_ge["final_acc_head_v"] > joint["final_acc_head_v"], f"seed {seed}"
+    """Seeds 0-2 of the default protocol, paired with joint training: the visual half of the fusion
+    head ends higher under OGM-GE on average by more than a point, and no seed loses more than half a
+    point (at one thread: +7.2, +0.2, +1.2 pp). Issue 15.1b: a per-seed `>` failed on another machine's
+    thread count (25.83 % vs 25.92 %), so the effect is asserted with margins."""
+    gains = [synthetic_run("ogm-ge", seed)["final_acc_head_v"] - synthetic_run("joint", seed)["final_acc_head_v"]
+             for seed in (0, 1, 2)]
+    assert sum(gains) / 3 > 0.01 and min(gains) > -0.005, gains

@@ -306,3 +306,64 @@ def test_too_few_clips_for_the_splits_is_a_clear_error(tmp_path):
     assert prepare("cremad", root, tmp_path / "cache").exit_code == 0
     with pytest.raises(Exception, match="12 clips leave 0 train"):
         load_splits("cremad", root, tmp_path / "cache")
+
+
+def test_a_same_size_content_change_changes_the_fingerprint(tmp_path, cremad_raw):
+    """Issue 15.21: the input fingerprint covered names and sizes only, so a file rewritten with other
+    content of the same size left the cache stale."""
+    import os
+
+    from mmbench.cache import fingerprint
+    from mmbench.config import resolve
+    from mmbench.registry import DATASETS
+
+    cls = DATASETS.get("cremad")
+    params = resolve("joint", "cremad", overrides={"root": str(cremad_raw), "cache": str(tmp_path / "c")}).data
+
+    def current() -> str:
+        scan = cls.scan(cremad_raw, params)
+        return fingerprint(scan, cls.preprocessing(params, scan), cremad_raw)
+
+    before = current()
+    assert current() == before
+    wav = sorted(cremad_raw.glob("AudioWAV/*.wav"))[0]
+    data = bytearray(wav.read_bytes())
+    data[-1] ^= 0xFF  # same size, other content
+    mtime = wav.stat().st_mtime_ns
+    wav.write_bytes(bytes(data))
+    os.utime(wav, ns=(mtime, mtime + 1_000_000_000))
+    assert current() != before
+
+
+@pytest.mark.slow
+def test_decoding_workers_die_with_a_killed_prepare(tmp_path):
+    """Issue 15.18: `prepare --jobs N` killed with kill -9 left its decoder pool running: each worker
+    decoded the rest of its shard and wrote it, beside the shards of a rerun's workers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root, cache_dir = tmp_path / "raw", tmp_path / "cache"
+    fixtures.write_fixture("cremad", "raw", root, clips=96, seed=1)  # 3 shards: both workers busy
+    parent = subprocess.Popen([sys.executable, "-c", "from mmbench.cli import main; main()", "prepare", "cremad",
+                               "--data-root", str(root), "--cache", str(cache_dir), "--jobs", "2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not list(cache_dir.glob("*/*/.work/shard-*.pkl")) and parent.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    listing = subprocess.run(["ps", "-ww", "-o", "pid=,args=", "--ppid", str(parent.pid)], capture_output=True,
+                             text=True)
+    workers = [int(line.split()[0]) for line in listing.stdout.splitlines() if "spawn_main" in line]
+    assert len(workers) == 2 and parent.poll() is None, "the decoding pool was not at work"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    shards = set(cache_dir.glob("*/*/.work/shard-*.pkl"))
+    time.sleep(3)  # longer than a worker takes to finish a shard of the fixture
+
+    def alive(pid: int) -> bool:
+        status = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+        return bool(status) and not status.startswith("Z")
+
+    assert not [pid for pid in workers if alive(pid)], "decoding workers outlived their prepare"
+    assert set(cache_dir.glob("*/*/.work/shard-*.pkl")) == shards, "a worker wrote a shard after the kill"

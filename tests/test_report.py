@@ -371,3 +371,130 @@ def test_one_run_with_different_numbers_in_two_folders_is_refused(results, tmp_p
         load_results([results, copy])
     result = runner.invoke(app, ["report", str(results), str(copy), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "report one of the folders" in result.output
+
+
+def test_no_impossible_interval_and_no_false_best():
+    """Issue 15.11: n = 2 gave `41.67 ± 35.36 [-275.99, 359.32]`; ties, n = 1 cells and the unimodal
+    reference were bolded "best"; '±' meant an SD in one table and half an interval in another."""
+    from mmbench import render
+
+    runs = fake_runs({("d1", "joint"): [0.0833, 0.75], ("d1", "a"): [0.7333, 0.7333, 0.7333],
+                      ("d1", "b"): [0.7333, 0.7333, 0.7333], ("d1", "c"): [0.99], ("d1", "unimodal"): [0.95, 0.96]})
+    report = build_report(runs, pd.DataFrame(), ReportOptions())
+    main = report.main.set_index("method")
+    assert main.loc["joint", "ci_low"] == 0.0 and main.loc["joint", "ci_high"] == 1.0  # cut to [0, 100] %
+    assert (main["ci_low"].dropna() >= 0).all() and (main["ci_high"].dropna() <= 1).all()
+    assert main.loc["a", "delta_low"] >= -1 and main.loc["a", "delta_high"] <= 1
+    table = render.tables(report)[0]
+    assert table.bold == set()  # a and b tie, c has one seed, unimodal is a reference
+    runs.loc[(runs["method"] == "b") & (runs["seed"] == 0), "best_val_acc"] = 0.74
+    table = render.tables(build_report(runs, pd.DataFrame(), ReportOptions()))[0]
+    assert [table.rows[i][0] for i, _ in table.bold] == ["b"]
+    assert "± = one SD over seeds (in every table" in table.caption
+    imbalance = render.tables(report)[1]
+    assert "±" not in " ".join(" ".join(row) for row in imbalance.rows) and "[" in imbalance.rows[0][3]
+
+
+def test_the_protocol_gap_of_a_calibrated_method_is_not_computed_from_uncalibrated_epochs():
+    """Issue 15.12: dlc's max-over-epochs came from uncalibrated test accuracy while best-val and final
+    are calibrated (an 'optimism' of -7.5 pp)."""
+    runs = fake_runs({("d1", "joint"): BASE, ("d1", "dlc"): BASE})
+    report = build_report(runs, pd.DataFrame(), ReportOptions())
+    protocol = report.protocol.set_index("method")
+    assert np.isnan(protocol.loc["dlc", "max_over_epochs"]) and np.isnan(protocol.loc["dlc", "optimism"])
+    assert protocol.loc["joint", "optimism"] == pytest.approx(0.02)
+    assert any(note.startswith("dlc: calibrated on validation") for note in report.notes)
+
+
+def test_a_report_imports_no_torch(results, tmp_path):
+    """Issue 15.2: `report` must not import torch; what it needs to know about a method (a reference
+    point? calibrated after training?) is stored in the run rows."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from typer.testing import CliRunner; from mmbench.cli import app; "
+             f"result = CliRunner().invoke(app, ['report', {str(results)!r}, '--format', 'md,tex', "
+             f"'--out', {str(tmp_path / 'r')!r}]); assert result.exit_code == 0, result.output; "
+             "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    assert read_runs_flags(results) == {False}
+
+
+def read_runs_flags(folder) -> set:
+    from mmbench.results import read_runs
+
+    runs = read_runs(folder)
+    return set(runs["method_reference"]) | set(runs["method_calibrates"])
+
+
+def test_one_exploratory_run_does_not_rename_the_baseline_and_runs_can_be_filtered(results, tmp_path):
+    """Issue 15.10: one joint run with --set lr=0.05 relabelled every joint run `joint[fusion=...,lr=...]`
+    and the report had no baseline."""
+    from mmbench.report import ReportError, filter_runs, variant_labels
+
+    runs = fake_runs({("d1", "joint"): BASE + [0.5], ("d1", "a"): BASE})
+    odd = runs.index[(runs["method"] == "joint") & (runs["seed"] == 5)][0]
+    runs.at[odd, "config_json"] = json.dumps({**json.loads(runs.at[odd, "config_json"]), "lr": 0.05})
+    labels = variant_labels(runs)
+    assert labels[runs["method"] == "joint"].tolist() == ["joint"] * 5 + ["joint[lr=0.05]"]
+    assert len(filter_runs(runs, {}, {"lr": "0.05"})) == len(runs) - 1
+    assert set(filter_runs(runs, {"method": "a"}, {})["method"]) == {"a"}
+    assert len(filter_runs(runs, {"seed": "2"}, {})) == 2
+    with pytest.raises(ReportError, match="--where lrr=...: no run has a setting 'lrr'"):
+        filter_runs(runs, {"lrr": "1"}, {})
+
+    result = runner.invoke(app, ["report", str(results), "--exclude", "method=opm", "--where", "epochs=3",
+                                 "--format", "md", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "ogm-ge" in text and "| opm" not in text
+    none = runner.invoke(app, ["report", str(results), "--where", "epochs=99", "--out", str(tmp_path / "r2")])
+    assert none.exit_code == 2 and "no runs left after --where/--exclude epochs=99" in none.output
+
+
+def test_the_report_shows_every_seed_the_configuration_chance_and_provenance(results, tmp_path):
+    """Issue 15.14: no configuration / provenance section, no chance level, no per-seed table."""
+    from mmbench import render
+
+    runs, epochs = load_results([results])
+    tables = {t.title.split(":")[0]: t for t in render.tables(build_report(runs, epochs, ReportOptions()))}
+    per_seed = tables["Per seed"]
+    assert per_seed.headers == ["dataset", "method", "seed 0", "seed 1", "seed 2"]
+    joint = next(row for row in per_seed.rows if row[1] == "joint")
+    values = runs[runs["method"] == "joint"].sort_values("seed")["best_val_acc"]
+    assert joint[2:] == [f"{100 * v:.2f}" for v in values]
+    settings = {row[1]: row[2] for row in tables["Configuration and provenance"].rows}
+    assert settings["epochs"] == "3" and settings["data.n_train"] == "240"
+    assert settings["chance level (1 / classes)"] == "16.67 % (6 classes)"
+    assert settings["torch_version"] and settings["git_sha"] and "hparams" not in settings
+    result = runner.invoke(app, ["report", str(results), "--format", "md", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0 and "Configuration and provenance" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_latex_tables_are_inputable_fragments_with_math_signs_and_type1_fonts(results, tmp_path):
+    """Issue 15.15: only a whole document, text hyphens for minus signs, `d_z` in text mode, tables wider
+    than the page, and Type 3 fonts that IEEE PDF eXpress rejects."""
+    from mmbench.render import tex_escape
+
+    assert tex_escape("+0.50 [-1.20, +2.30]") == "$+$0.50 [$-$1.20, $+$2.30]"
+    assert tex_escape("d_z") == "$d_z$" and tex_escape("a-b x_y 95%") == r"a-b x\_y 95\%"
+    out = tmp_path / "r"
+    assert runner.invoke(app, ["report", str(results), "--format", "tex", "--out", str(out)]).exit_code == 0
+    fragments = sorted((out / "tables").glob("*.tex"))
+    assert fragments and fragments[0].name.startswith("01-synthetic-test-acc")
+    first = fragments[0].read_text()
+    assert r"\begin{table}" in first and r"\documentclass" not in first and "$d_z$" in first
+    assert r"\resizebox{\ifdim\width>\linewidth" in first and "$+$" in first + fragments[1].read_text()
+    assert r"\usepackage{lmodern}" in (out / "report.tex").read_text()
+    if not (shutil.which("pdflatex") and shutil.which("pdffonts")):
+        pytest.skip("pdflatex/pdffonts not installed (CI installs texlive-latex-recommended, lmodern, poppler-utils)")
+    (out / "paper.tex").write_text("\\documentclass{article}\\usepackage[T1]{fontenc}\\usepackage{lmodern}"
+                                   "\\usepackage{booktabs,graphicx}\\begin{document}\\input{tables/"
+                                   f"{fragments[0].name}}}\\end{{document}}\n")
+    for document in ("report.tex", "paper.tex"):
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", document], cwd=out, capture_output=True)
+        assert done.returncode == 0, done.stdout[-2000:]
+        fonts = subprocess.run(["pdffonts", document.replace(".tex", ".pdf")], cwd=out, capture_output=True,
+                               text=True, check=True).stdout
+        assert "Type 3" not in fonts and "Type 1" in fonts, fonts

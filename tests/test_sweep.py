@@ -191,13 +191,14 @@ def _running_workers(out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_ctrl_c_ends_the_workers_and_keeps_finished_runs(tmp_path):
-    path = sweep_file(tmp_path, seeds=[0, 1, 2], set={**SMALL, "epochs": 6})
+    # runs long enough (about 6 s each) that a busy machine's polling cannot miss the second one
+    path = sweep_file(tmp_path, seeds=[0, 1, 2], set={**SMALL, "epochs": 24})
     out = tmp_path / "results"
     sweep = subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--jobs", "1"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: len(_finished(out)) >= 1 and _running_workers(out))
     sweep.send_signal(signal.SIGINT)
-    stdout, stderr = sweep.communicate(timeout=60)
+    stdout, stderr = sweep.communicate(timeout=180)
     assert sweep.returncode == 130, stdout + stderr
     assert "run the same command again" in stderr
     assert not _running_workers(out)

@@ -88,7 +88,8 @@ def try_lock(path: Path) -> IO | None:
     return handle
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Linux: this process gets SIGTERM when `parent` dies (PR_SET_PDEATHSIG); exit if it is gone already."""
     if sys.platform == "linux":
         try:
             ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -98,7 +99,7 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-def execute(cfg: Any, out: Path, reporter: Any) -> str:
+def execute(cfg: Any, out: Path, reporter: Any, announce_lock: bool = True) -> str:
     """Lock, skip if done, train. Returns "trained", "done" (already), "failed" (the engine
     recorded why in `<run_id>.failed.json`) or "locked" (another sweep is running it)."""
     from mmbench import engine
@@ -106,7 +107,8 @@ def execute(cfg: Any, out: Path, reporter: Any) -> str:
 
     lock = try_lock(lock_path(out, cfg.run_id))
     if lock is None:
-        print(f"run {cfg.run_id} is being run by another sweep on {out}", flush=True)
+        if announce_lock:
+            print(f"run {cfg.run_id} is being run by another sweep on {out}", flush=True)
         return "locked"
     with lock:
         if is_done(run_paths(out, cfg)):
@@ -122,7 +124,7 @@ def execute(cfg: Any, out: Path, reporter: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     spec_file, out = (argv or sys.argv[1:])[:2]
     if os.environ.get(PARENT_ENV):
-        _die_with_parent(int(os.environ[PARENT_ENV]))
+        die_with_parent(int(os.environ[PARENT_ENV]))
     spec = json.loads(Path(spec_file).read_text())
 
     from rich.console import Console
