@@ -656,6 +656,8 @@ def report_command(
     out: Annotated[Path, typer.Option(help="Folder for report.md/.tex/.html/.json and figures/.")] = Path("report"),
     rope: Annotated[float, typer.Option(help="Region of practical equivalence, in pp.")] = 1.0,
     figures: Annotated[bool, typer.Option(help="Draw the figures.")] = True,
+    figure_formats: Annotated[str, typer.Option(help="Comma-separated figure files: png (embedded in the HTML), "
+                                                "pdf, svg (for papers).")] = "png",
     resample_test: Annotated[bool, typer.Option("--resample-test", help="Also give Δ intervals that resample "
                                                 "the test clips (bootstrap, the same clips for every method) "
                                                 "as well as the seeds.")] = False,
@@ -685,6 +687,9 @@ def report_command(
                                            primary=primary, resample_test=resample_test)
         if [f for f in formats if f != "terminal"] or figures:
             writable_folder(out, "--out")  # before the statistics, not after them
+        figure_files = tuple(f.strip() for f in figure_formats.split(",") if f.strip())
+        if not figure_files or set(figure_files) - {"png", "pdf", "svg"}:
+            raise ConfigError(f"--figure-formats {figure_formats}: choose from png, pdf, svg")
         runs, epochs = report_mod.load_results(results or [Path("results")], config_mod.parse_sets(where),
                                                config_mod.parse_sets(exclude))
         for line in runs.attrs.get("unreadable", []):
@@ -694,7 +699,8 @@ def report_command(
                               f"(methods: {', '.join(sorted(set(runs['variant'])))})")
         report = report_mod.build_report(runs, epochs, options)
         files = [f for f in formats if f not in ("terminal", "json")]
-        written = report_mod.write_report(report, out, tuple(files), figures=figures and bool(files))
+        written = report_mod.write_report(report, out, tuple(files), figures=figures and bool(files),
+                                          figure_formats=figure_files)
     except (report_mod.ReportError, *USER_ERRORS) as exc:
         fail(str(exc))
     if "terminal" in formats:

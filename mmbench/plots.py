@@ -258,7 +258,7 @@ def strip_plot(runs: pd.DataFrame, dataset: str, metric: str = "best_val_acc", b
         ax.set_xticks(range(len(methods)), methods)
         _tilt(ax, methods)
         ax.set_xlim(-0.6, len(methods) - 0.4)
-        ax.set_ylabel(f"{_describe(metric)}{' [pp]' if scale == 100 else ''}")
+        ax.set_ylabel(f"{_describe(metric)}{' [%]' if scale == 100 else ''}")
         ax.set_title(f"{dataset}: {_describe(metric)}, {_seeds_text(counts)}")
         ax.grid(axis="y", color="0.92", zorder=0)
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
@@ -388,7 +388,7 @@ def curves_plot(runs: pd.DataFrame, epochs: pd.DataFrame, dataset: str, path: st
                 for method in methods:
                     _band(ax, table[table["method"] == method], column, colours.get(method, "0.3"), 100.0)
                 ax.set_title(f"{_ACC_PANELS[column]} test acc")
-                ax.set_ylabel("test accuracy [pp]" if j == 0 else "")
+                ax.set_ylabel("test accuracy [%]" if j == 0 else "")
                 ax.grid(color="0.93")
             # One y range for the three panels: audio vs visual heads are read against each other.
             lows, highs = zip(*(axes[row, j].get_ylim() for j in range(len(acc))), strict=True)
@@ -443,18 +443,22 @@ def diagnostics_plot(runs: pd.DataFrame, epochs: pd.DataFrame, dataset: str, pat
 
     with _figure(nrows, ncols, figsize=(3.6 * ncols + 0.4, 2.7 * nrows + 0.9)) as (fig, axes):
         for ax, column in zip(axes.flat, columns, strict=False):  # spare axes are hidden below
+            logged_by = []
             for method in methods:
                 cell = table[table["method"] == method]
                 values = cell.assign(_v=_numeric(cell[column])).dropna(subset=["_v"])
                 if values.empty:
                     continue
+                logged_by.append(method)
                 mean = values.groupby("epoch")["_v"].mean()
-                ax.plot(mean.index.to_numpy(float), mean.to_numpy(), color=colours.get(method, "0.3"), lw=1.6,
+                ax.plot(mean.index.to_numpy(float) + 1, mean.to_numpy(), color=colours.get(method, "0.3"), lw=1.6,
                         marker="o" if len(mean) <= 15 else None, ms=3)
                 if method not in drawn:
                     drawn.append(method)
                     seeds.append(values["run_id"].nunique())
-            ax.set_title(str(column)[len("diag_"):])
+            # the method's own name for the quantity, and who logs it (the units are the method's, see
+            # `mmbench list methods`)
+            ax.set_title(f"{str(column)[len('diag_'):]} ({', '.join(logged_by)})", fontsize=9)
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(color="0.93")
@@ -511,7 +515,7 @@ def imbalance_plot(runs: pd.DataFrame, dataset: str, path: str | Path, selection
                     _bars_with_seeds(ax, x + dx, _numeric(cell[column]) * 100, width, colour)
         ax.set_xticks(xs, methods)
         _tilt(ax, methods)
-        ax.set_ylabel("unimodal head accuracy [pp]")
+        ax.set_ylabel("unimodal head accuracy [%]")
         ax.set_title("the fused model's audio / visual heads (mean ± 95 % t-CI)")
         ax.grid(axis="y", color="0.93", zorder=0)
         handles: list[Any] = [Patch(color=AUDIO_COLOUR, label="audio"), Patch(color=VISUAL_COLOUR, label="visual")]
@@ -524,11 +528,11 @@ def imbalance_plot(runs: pd.DataFrame, dataset: str, path: str | Path, selection
                 phi_v = float(np.nanmean(_numeric(cell[f"{prefix}shapley_v"]))) * 100
                 if not (np.isfinite(phi_a) and np.isfinite(phi_v)):
                     continue
-                ax2.bar(x, phi_a, 0.6, color=AUDIO_COLOUR, zorder=2)
-                ax2.bar(x, phi_v, 0.6, bottom=phi_a if phi_a >= 0 and phi_v >= 0 else 0.0, color=VISUAL_COLOUR,
-                        zorder=2)
+                for (bottom, phi), colour in zip(stacked_bars([phi_a, phi_v]), (AUDIO_COLOUR, VISUAL_COLOUR),
+                                                 strict=True):
+                    ax2.bar(x, phi, 0.6, bottom=bottom, color=colour, zorder=2)
                 degree = imbalance_degree(phi_a, phi_v)
-                height = max(phi_a + max(phi_v, 0.0), phi_a, 0.0)
+                height = max(phi_a, 0.0) + max(phi_v, 0.0)
                 top = max(top, height)
                 ax2.annotate(f"I = {degree:.2f}", (x, height), xytext=(0, 3), textcoords="offset points",
                              ha="center", va="bottom", fontsize=8.5)
@@ -555,6 +559,18 @@ def imbalance_plot(runs: pd.DataFrame, dataset: str, path: str | Path, selection
         fig.suptitle(f"{dataset}: modality imbalance at the {label}, {seeds}")
         _legend_below(fig, handles, ncol=2)
         return _save(fig, target)
+
+
+def stacked_bars(values: list[float]) -> list[tuple[float, float]]:
+    """(bottom, height) per value: positive values stack upwards from 0 and negative ones downwards, so
+    that no bar is drawn over another (a negative Shapley contribution stays visible)."""
+    ends = {True: 0.0, False: 0.0}
+    bars = []
+    for value in values:
+        up = value >= 0
+        bars.append((ends[up], value))
+        ends[up] += value
+    return bars
 
 
 # --- 6. critical-difference diagram ------------------------------------------------------------------

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmbench.report import Report
+from mmbench.report import Report, figure_caption
 
 FORMATS = ("terminal", "md", "tex", "html")
 
@@ -24,6 +24,7 @@ class TextTable:
     rows: list[list[str]]
     bold: set[tuple[int, int]] = field(default_factory=set)
     caption: str = ""
+    appendix: bool = False  # shown after the figures (per-seed values, configuration)
 
 
 def pp(value: float, digits: int = 2, sign: bool = False) -> str:
@@ -101,7 +102,7 @@ def _per_seed(report: Report) -> TextTable:
     return TextTable(f"Per seed: test {o.metric} (%), {o.selection} selection", ["dataset", "method",
                      *(f"seed {s}" for s in seeds)], rows, set(),
                      "One run per cell; runs of the same seed share initialisation and data order where the "
-                     "results say so (pairing).")
+                     "results say so (pairing).", appendix=True)
 
 
 # Provenance columns: what a reader needs to know to rerun the table.
@@ -137,7 +138,7 @@ def _configuration(report: Report) -> TextTable:
                 rows.append([dataset, column, ", ".join(sorted({str(v) for v in group[column].dropna()})) or "–"])
     return TextTable("Configuration and provenance", ["dataset", "setting", "value"], rows, set(),
                      "Settings of the runs in this report (a setting with several values lists them by method), "
-                     "the chance level, and the code and machines that produced them.")
+                     "the chance level, and the code and machines that produced them.", appendix=True)
 
 
 def _delta(r: dict) -> str:
@@ -247,18 +248,26 @@ def _across(report: Report) -> TextTable:
 
 def markdown(report: Report) -> str:
     parts = [f"# mmbench report\n\n{_header(report)}\n"]
-    for table in tables(report):
-        parts.append(f"## {table.title}\n")
-        parts.append("| " + " | ".join(table.headers) + " |")
-        parts.append("|" + "|".join("---" for _ in table.headers) + "|")
-        for i, row in enumerate(table.rows):
-            cells = [f"**{c}**" if (i, j) in table.bold else c for j, c in enumerate(row)]
-            parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-        parts.append(f"\n{table.caption}\n")
+    every = tables(report)
+    for table in [t for t in every if not t.appendix]:
+        parts += _markdown_table(table)
     parts += [f"- {note}" for note in report.notes]
     for name, path in report.figures.items():
         parts.append(f"\n![{name}]({path.name if path.parent.name != 'figures' else 'figures/' + path.name})")
+        parts.append(f"\n*{name}.* {figure_caption(name)}")
+    for table in [t for t in every if t.appendix]:
+        parts += ["", *_markdown_table(table)]
     return "\n".join(parts) + "\n"
+
+
+def _markdown_table(table: TextTable) -> list[str]:
+    parts = [f"## {table.title}\n", "| " + " | ".join(table.headers) + " |",
+             "|" + "|".join("---" for _ in table.headers) + "|"]
+    for i, row in enumerate(table.rows):
+        cells = [f"**{c}**" if (i, j) in table.bold else c for j, c in enumerate(row)]
+        parts.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    parts.append(f"\n{table.caption}\n")
+    return parts
 
 
 def _header(report: Report) -> str:
@@ -329,29 +338,36 @@ _CSS = """body{font-family:-apple-system,'DejaVu Sans',Arial,sans-serif;margin:2
 table{border-collapse:collapse;margin:0.5em 0 0.3em;font-size:13px}
 th,td{padding:3px 8px;text-align:right;border-bottom:1px solid #ddd}th{border-bottom:2px solid #444}
 td:first-child,th:first-child{text-align:left}.caption{color:#555;font-size:12px;max-width:70em}
-img{max-width:48%;margin:0.5em;border:1px solid #eee}h2{margin-top:1.5em}"""
+figure{display:inline-block;max-width:48%;margin:0.5em;vertical-align:top}figure img{max-width:100%;
+border:1px solid #eee}figcaption{color:#555;font-size:12px}h2{margin-top:1.5em}"""
 
 
 def html_page(report: Report) -> str:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>mmbench report</title>",
              f"<style>{_CSS}</style></head><body>", "<h1>mmbench report</h1>", f"<p>{html.escape(_header(report))}</p>"]
-    for table in tables(report):
-        parts.append(f"<h2>{html.escape(table.title)}</h2><table><tr>"
-                     + "".join(f"<th>{html.escape(h)}</th>" for h in table.headers) + "</tr>")
-        for i, row in enumerate(table.rows):
-            cells = [f"<b>{html.escape(c)}</b>" if (i, j) in table.bold else html.escape(c)
-                     for j, c in enumerate(row)]
-            parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        parts.append(f"</table><p class='caption'>{html.escape(table.caption)}</p>")
+    every = tables(report)
+    parts += [_html_table(table) for table in every if not table.appendix]
     parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
     if report.figures:
         parts.append("<h2>Figures</h2>")
         for name, path in report.figures.items():
             data = base64.b64encode(Path(path).read_bytes()).decode()
             label = html.escape(name)
-            parts.append(f"<img alt='{label}' title='{label}' src='data:image/png;base64,{data}'>")
+            parts.append(f"<figure><img alt='{label}' title='{label}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption><b>{label}.</b> {html.escape(figure_caption(name))}</figcaption></figure>")
+    parts += [_html_table(table) for table in every if table.appendix]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _html_table(table: TextTable) -> str:
+    parts = [f"<h2>{html.escape(table.title)}</h2><table><tr>"
+             + "".join(f"<th>{html.escape(h)}</th>" for h in table.headers) + "</tr>"]
+    for i, row in enumerate(table.rows):
+        cells = [f"<b>{html.escape(c)}</b>" if (i, j) in table.bold else html.escape(c) for j, c in enumerate(row)]
+        parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append(f"</table><p class='caption'>{html.escape(table.caption)}</p>")
+    return "\n".join(parts)
 
 
 def rich_tables(report: Report) -> list:
@@ -360,6 +376,8 @@ def rich_tables(report: Report) -> list:
 
     out = []
     for table in tables(report):
+        if table.appendix:  # long; in the files (md, html, tex), not on the terminal
+            continue
         rich_table = Table(title=table.title, title_justify="left", caption=table.caption, caption_justify="left")
         for j, header in enumerate(table.headers):
             rich_table.add_column(header, justify="left" if j == 0 else "right", overflow="fold")

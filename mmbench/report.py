@@ -667,35 +667,57 @@ def _paired_diffs(runs: pd.DataFrame, method: str, options: ReportOptions) -> li
 
 # --- writing -------------------------------------------------------------------------------------
 
-def draw_figures(report: Report, folder: Path) -> dict[str, Path]:
-    """The report's figures (docs/statistics.md) into `folder`; the CD diagram only with >= 5 datasets."""
+FIGURE_CAPTIONS = {
+    "seeds": "Every seed as a dot; mean with its 95 % t-interval (cut to 0-100 %); grey lines join runs of the "
+             "same seed; dashed: the baseline's mean.",
+    "training curves": "Test accuracy of the fused model and of each modality's head per epoch (mean over seeds, "
+                       "band = min to max), and the imbalance ratio rho.",
+    "method diagnostics": "What each method logs per epoch (its own modulation coefficients, weights or "
+                          "probabilities), mean over seeds.",
+    "imbalance": "Per-modality head accuracy and Shapley contributions (positive stacked up, negative down), with "
+                 "the imbalance degree I of each method.",
+    "Δ vs baseline": "Δ vs the baseline with its 95 % interval per method and dataset; grey band = ROPE; "
+                     "(unpaired) marks Welch comparisons.",
+    "critical difference": "Mean ranks over datasets; methods joined by a bar are not told apart (Nemenyi).",
+}
+
+
+def draw_figures(report: Report, folder: Path, formats: tuple[str, ...] = ("png",)) -> dict[str, Path]:
+    """The report's figures (docs/statistics.md) into `folder`, once per format (png, pdf, svg); the
+    returned paths are the first format's. The CD diagram only with >= 5 datasets."""
     from mmbench import plots
 
     folder.mkdir(parents=True, exist_ok=True)
     o, figures = report.options, {}
+
+    def draw(name: str, stem: str, plot: Any, *args: Any, **kwargs: Any) -> None:
+        paths = [plot(*args, **kwargs, path=folder / f"{stem}.{fmt}") for fmt in formats]
+        if paths[0] is not None:
+            figures[name] = paths[0]
+
     for dataset in sorted(report.runs["dataset"].unique()):
         runs = report.runs.assign(method=report.runs["variant"])
         safe = dataset.replace("/", "_")
-        figures[f"{dataset}: seeds"] = plots.strip_plot(runs, dataset, o.column, o.baseline,
-                                                        path=folder / f"{safe}-seeds.png")
+        draw(f"{dataset}: seeds", f"{safe}-seeds", plots.strip_plot, runs, dataset, o.column, o.baseline)
         if not report.epochs.empty:
-            figures[f"{dataset}: training curves"] = plots.curves_plot(runs, report.epochs, dataset,
-                                                                       folder / f"{safe}-curves.png")
-            diagnostics = plots.diagnostics_plot(runs, report.epochs, dataset, folder / f"{safe}-diagnostics.png")
-            if diagnostics is not None:
-                figures[f"{dataset}: method diagnostics"] = diagnostics
+            draw(f"{dataset}: training curves", f"{safe}-curves", plots.curves_plot, runs, report.epochs, dataset)
+            draw(f"{dataset}: method diagnostics", f"{safe}-diagnostics", plots.diagnostics_plot, runs,
+                 report.epochs, dataset)
         selection = "final" if o.selection == "final" else "best_val"
-        figures[f"{dataset}: imbalance"] = plots.imbalance_plot(runs, dataset, folder / f"{safe}-imbalance.png",
-                                                                selection=selection)
+        draw(f"{dataset}: imbalance", f"{safe}-imbalance", plots.imbalance_plot, runs, dataset, selection=selection)
     deltas = forest_rows(report)
     if not deltas.empty:
-        figures["Δ vs baseline"] = plots.forest_plot(deltas, folder / "forest.png", rope_pp=100 * o.rope)
+        draw("Δ vs baseline", "forest", plots.forest_plot, deltas, rope_pp=100 * o.rope)
     if report.friedman is not None and report.across is not None:
         ranks = report.across.set_index("method")["mean_rank"].dropna()
-        figures["critical difference"] = plots.cd_diagram(ranks, report.friedman["cd"],
-                                                          report.friedman["n_datasets"], folder / "cd.png")
+        draw("critical difference", "cd", plots.cd_diagram, ranks, report.friedman["cd"],
+             report.friedman["n_datasets"])
     report.figures = figures
     return figures
+
+
+def figure_caption(name: str) -> str:
+    return FIGURE_CAPTIONS.get(name.split(": ")[-1], "")
 
 
 def forest_rows(report: Report) -> pd.DataFrame:
@@ -713,13 +735,15 @@ def forest_rows(report: Report) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_report(report: Report, out: Path, formats: tuple[str, ...], figures: bool = True) -> dict[str, Path]:
-    """report.json always; report.md / .tex / .html as asked; figures under out/figures."""
+def write_report(report: Report, out: Path, formats: tuple[str, ...], figures: bool = True,
+                 figure_formats: tuple[str, ...] = ("png",)) -> dict[str, Path]:
+    """report.json always; report.md / .tex / .html as asked; figures under out/figures (png first: the
+    HTML embeds it; pdf and svg for papers)."""
     from mmbench import render
 
     out.mkdir(parents=True, exist_ok=True)
     if figures:
-        draw_figures(report, out / "figures")
+        draw_figures(report, out / "figures", ("png", *[f for f in figure_formats if f != "png"]))
     written = {"json": out / "report.json"}
     _write(written["json"], json.dumps(report.to_json(), indent=2, default=str))
     writers = {"md": ("report.md", render.markdown), "tex": ("report.tex", render.latex),

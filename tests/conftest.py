@@ -76,3 +76,11 @@ def synthetic_run(tmp_path_factory):
 
     run.out = out
     return run
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a child that a test interrupts with SIGINT: under a shell started in the background
+    (`.ci/run &`) SIGINT is ignored, children inherit that, and Python then raises no KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

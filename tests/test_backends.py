@@ -28,7 +28,7 @@ from mmbench.results import read_runs, run_paths
 from mmbench.scheduler.backends import SchedulingOptions, parse_key_values, slurm_options
 from mmbench.scheduler.local import LocalScheduler, Slots
 
-from .conftest import TINY
+from .conftest import TINY, interruptible
 
 runner = CliRunner()
 SWEEP = {"methods": ["joint", "opm"], "datasets": ["synthetic"], "seeds": [0, 1], "set": dict(TINY)}
@@ -225,7 +225,7 @@ def test_a_request_no_node_can_meet_is_reported_and_ctrl_c_leaves_the_jobs_queue
     out = tmp_path / "results"
     sweep = subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--backend", "slurm", "--slurm",
                                      "cpus_per_task=64", "--slurm", "gpus_per_task=0"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     lines: list[str] = []
     def read() -> None:
         for line in sweep.stdout:

@@ -208,3 +208,10 @@ def test_strip_plot_pairs_each_method_with_the_baseline_not_in_a_chain():
 def test_forest_rows_say_which_comparisons_were_unpaired():
     deltas = pd.DataFrame({"label": ["a · d1", "b · d1"], "significant": [True, False], "test": ["paired-t", "welch"]})
     assert plots.forest_labels(deltas) == ["a · d1 †", "b · d1 (unpaired)"]
+
+
+def test_negative_shapley_contributions_are_not_hidden_by_the_stack():
+    """Issue 15.13: a negative contribution was drawn from 0 under (and hidden by) the other bar."""
+    assert plots.stacked_bars([0.25, 0.05]) == [(0.0, 0.25), (0.25, 0.05)]
+    assert plots.stacked_bars([-0.05, -0.10]) == [(0.0, -0.05), (-0.05, -0.10)]  # both visible, stacked down
+    assert plots.stacked_bars([0.20, -0.10]) == [(0.0, 0.20), (0.0, -0.10)]

@@ -498,3 +498,39 @@ def test_latex_tables_are_inputable_fragments_with_math_signs_and_type1_fonts(re
         fonts = subprocess.run(["pdffonts", document.replace(".tex", ".pdf")], cwd=out, capture_output=True,
                                text=True, check=True).stdout
         assert "Type 3" not in fonts and "Type 1" in fonts, fonts
+
+
+def test_figures_in_pdf_and_svg_with_captions_and_percent_axes(results, tmp_path):
+    """Issue 15.13: PNG at 150 dpi only, no captions in the HTML, accuracy axes labelled [pp] for %."""
+    out = tmp_path / "r"
+    result = runner.invoke(app, ["report", str(results), "--format", "md,html", "--figure-formats", "png,pdf,svg",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for suffix in ("png", "pdf", "svg"):
+        assert (out / "figures" / f"synthetic-seeds.{suffix}").stat().st_size > 0
+    assert (out / "figures" / "synthetic-seeds.pdf").read_bytes().startswith(b"%PDF")
+    page = (out / "report.html").read_text()
+    assert page.count("<figcaption>") >= 4 and "Every seed as a dot" in page
+    assert "*synthetic: seeds.* Every seed as a dot" in (out / "report.md").read_text()
+    bad = runner.invoke(app, ["report", str(results), "--figure-formats", "gif", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--figure-formats gif: choose from png, pdf, svg" in bad.output
+
+
+def test_accuracy_axes_say_percent_and_differences_say_pp(results, tmp_path, monkeypatch):
+    """Issue 15.13: accuracy axes were labelled [pp]; pp is for differences of percentages."""
+    import matplotlib.axes
+
+    labels: list[str] = []
+    for setter in ("set_ylabel", "set_xlabel"):
+        original = getattr(matplotlib.axes.Axes, setter)
+
+        def record(self, text, *args, _original=original, **kwargs):
+            labels.append(str(text))
+            return _original(self, text, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.axes.Axes, setter, record)
+    result = runner.invoke(app, ["report", str(results), "--format", "md", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    accuracy = [label for label in labels if "accuracy" in label or label.startswith("acc")]
+    assert accuracy and all("[%]" in label for label in accuracy), accuracy
+    assert any("Δ" in label and "[pp]" in label for label in labels), labels

@@ -21,7 +21,7 @@ from mmbench.cli import app
 from mmbench.config import ConfigError, SweepConfig
 from mmbench.results import read_runs
 
-from .conftest import TINY
+from .conftest import TINY, interruptible
 
 runner = CliRunner()
 SMALL = {k: v for k, v in TINY.items() if k != "num_threads"}
@@ -195,7 +195,7 @@ def test_ctrl_c_ends_the_workers_and_keeps_finished_runs(tmp_path):
     path = sweep_file(tmp_path, seeds=[0, 1, 2], set={**SMALL, "epochs": 24})
     out = tmp_path / "results"
     sweep = subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--jobs", "1"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     _wait_for(lambda: len(_finished(out)) >= 1 and _running_workers(out))
     sweep.send_signal(signal.SIGINT)
     stdout, stderr = sweep.communicate(timeout=180)
