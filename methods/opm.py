@@ -112,7 +112,7 @@ class OPM(Method):
         n = len(batch)
         mask_a = torch.rand(n, generator=generator, device=generator.device) >= q_a
         mask_v = torch.rand(n, generator=generator, device=generator.device) >= q_v
-        ctx.log(dropped_a=1 - mask_a.float().mean().item(), dropped_v=1 - mask_v.float().mean().item())
+        ctx.log(dropped_a=1 - mask_a.float().mean(), dropped_v=1 - mask_v.float().mean())  # read at epoch end
         dropped_a, dropped_v, keep = drop_features(feat_a, feat_v, mask_a.to(feat_a.device),
                                                    mask_v.to(feat_a.device), q_a, q_v)
         if official:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmbench.report import Report, figure_caption
+from mmbench.report import Report, figure_caption, protocol_settings
 
 FORMATS = ("terminal", "md", "tex", "html")
 
@@ -107,8 +106,6 @@ def _per_seed(report: Report) -> TextTable:
 
 # Provenance columns: what a reader needs to know to rerun the table.
 _PROVENANCE = ("mmbench_version", "git_sha", "torch_version", "device_name", "code_version")
-# Settings that belong to the methods, not to the protocol.
-_NOT_PROTOCOL = {"method", "dataset", "seed", "hparams", "data", "device", "num_threads"}
 
 
 def _configuration(report: Report) -> TextTable:
@@ -118,11 +115,7 @@ def _configuration(report: Report) -> TextTable:
     for dataset, group in report.runs.groupby("dataset", sort=True):
         settings: dict[str, dict[str, set[str]]] = {}
         for method, text in zip(group["variant"], group["config_json"], strict=True):
-            config = json.loads(text)
-            flat = {k: v for k, v in config.items() if k not in _NOT_PROTOCOL}
-            flat.update({f"data.{k}": v for k, v in config.get("data", {}).items()
-                         if k not in ("root", "cache", "split_dir")})
-            for key, value in flat.items():
+            for key, value in protocol_settings(text, data_prefix="data.").items():
                 settings.setdefault(key, {}).setdefault(method, set()).add(str(value))
         for key, by_method in sorted(settings.items()):
             values = set().union(*by_method.values())

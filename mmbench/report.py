@@ -185,16 +185,22 @@ def variant_labels(runs: pd.DataFrame) -> pd.Series:
     return labels
 
 
+def protocol_settings(config_json: str, data_prefix: str = "") -> dict[str, Any]:
+    """A run's settings outside its method's own hyperparameters: the core keys that decide the numbers
+    and the data settings (where the data lives left out), data keys prefixed with `data_prefix`."""
+    config = json.loads(config_json)
+    flat = {k: v for k, v in config.items() if k not in NOT_VARIANT | {"hparams", "data", "method", "dataset"}}
+    flat.update({f"{data_prefix}{k}": v for k, v in config.get("data", {}).items() if k not in LOCATION_KEYS})
+    return flat
+
+
 def _protocol_differences(cell: pd.DataFrame, base: pd.DataFrame) -> str:
     """The settings outside the methods' own hyperparameters (core keys and the data, hence the test set)
     on which two groups of runs differ, e.g. `epochs 2 vs 6; n_train 240 vs 600`; "" when they agree."""
     def settings(frame: pd.DataFrame) -> dict[str, set[str]]:
         values: dict[str, set[str]] = {}
         for text in frame["config_json"]:
-            config = json.loads(text)
-            flat = {k: v for k, v in config.items() if k not in NOT_VARIANT | {"hparams", "data", "method"}}
-            flat.update({k: v for k, v in config.get("data", {}).items() if k not in LOCATION_KEYS})
-            for key, value in flat.items():
+            for key, value in protocol_settings(text).items():
                 values.setdefault(key, set()).add(json.dumps(value, sort_keys=True))
         return values
 
