@@ -199,10 +199,10 @@ def run_command(
     epochs: Annotated[int | None, typer.Option(help="Override the number of epochs.")] = None,
     profile: Annotated[str | None, typer.Option(help="benchmark (shared protocol) or official.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of settings (a run's "
-                                                "<run_id>.config.yaml is one).")] = None,
+                                                "configs/.../<run_id>.yaml under --out is one).")] = None,
     from_run: Annotated[str | None, typer.Option("--from", help="Replay a stored run: its run_id (found under "
-                                                 "--out) or its .parquet / .config.yaml file; options given "
-                                                 "here (--seeds, --set, ...) still apply.")] = None,
+                                                 "--out) or its run row (.parquet) / config (.yaml) file; options "
+                                                 "given here (--seeds, --set, ...) still apply.")] = None,
     print_config: Annotated[bool, typer.Option("--print-config", help="Print each resolved config as YAML, "
                                                "saying where each value came from, and run nothing.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s",
@@ -309,10 +309,13 @@ def _stored_config(source: str, out: Path) -> dict[str, Any]:
     if path.suffix in (".yaml", ".yml"):
         return config_mod.from_stored(config_mod.read_mapping(path, f"--from {source}"))
     if path.suffix != ".parquet":
-        matches = sorted(out.glob(f"dataset=*/method=*/{source}.parquet"))
+        from mmbench.results import migrate_legacy_layout
+
+        migrate_legacy_layout(out)
+        matches = sorted(out.glob(f"runs/dataset=*/method=*/{source}.parquet"))
         if not matches:
             raise ConfigError(f"--from {source}: no run {source} under {out} (pass --out, or the run's .parquet "
-                              "or .config.yaml file)")
+                              "or .yaml file)")
         path = matches[0]
     if not path.is_file():
         raise ConfigError(f"--from {source}: no such file")
@@ -389,9 +392,9 @@ def _execute(configs: list[RunConfig], out: Path, retries: int = 0) -> None:
                       highlight=False)
             failures.append(cfg)
         else:
-            import pandas as pd
+            from mmbench.results import read_row
 
-            row = pd.read_parquet(paths.row).iloc[0]
+            row = read_row(paths)
             console.print(f"{cfg.method} seed {cfg.seed}: test acc {row['best_val_acc']:.4f} "
                           f"(best-val epoch {row['best_val_epoch'] + 1} of {cfg.epochs}), "
                           f"final {row['final_acc']:.4f}, "
@@ -715,12 +718,14 @@ def report_command(
 
 @app.command("check")
 def check_command(
-    baseline: Annotated[Path, typer.Option(help="Folder of the committed baseline (baseline.json).")
-                        ] = Path("results/baselines/ci"),
+    baseline: Annotated[Path | None, typer.Option(help="Folder of the baseline (baseline.json) [default: the one "
+                                                 "shipped with mmbench for --suite, mmbench/baselines/<suite>].")
+                        ] = None,
     suite: Annotated[str, typer.Option(help="Which fixed configuration to run.")] = "ci",
-    seeds: Annotated[str, typer.Option(help="Seeds per method: a count N (seeds 0..N-1), or a list or range "
-                                       "as for `run` (e.g. 25-30, to try the gate on seeds outside the "
-                                       "baseline).")] = "6",
+    seeds: Annotated[str | None, typer.Option(help="Seeds per method: a count N (seeds 0..N-1), or a list or "
+                                              "range as for `run` (e.g. 25-30, to try the gate on seeds outside "
+                                              "the baseline) [default: the suite's: 6 per method, 12 for arm].")
+                     ] = None,
     update: Annotated[bool, typer.Option("--update", help="Re-run --ref-seeds seeds per method and rewrite the "
                                          "baseline, saying what changed.")] = False,
     ref_seeds: Annotated[int, typer.Option(help="Seeds per method in a baseline written by --update.")] = 20,
@@ -736,9 +741,10 @@ def check_command(
     committed baseline; exits 1 when a method regressed (docs/statistics.md §7)."""
     from mmbench import check
 
+    baseline = baseline or check.BASELINES / suite
     try:
         load_plugins(plugin)
-        seed_list = _check_seeds(seeds)
+        seed_list = _check_seeds(seeds) if seeds is not None else None
         if ref_seeds < 2:
             raise ConfigError("--ref-seeds must be at least 2")
         if update and set_:
@@ -751,8 +757,7 @@ def check_command(
         fail(str(exc))
     env = check.environment(next(iter(configs.values()))[0].num_threads)
     total = sum(len(c) for c in configs.values())
-    console.print(f"check: suite {suite}, {len(configs)} methods x {total // len(configs)} seeds; runs in {out}",
-                  markup=False)
+    console.print(f"check: suite {suite}, {len(configs)} methods, {total} runs; runs in {out}", markup=False)
     counts = {"trained": 0, "done": 0}
 
     def on_run(cfg: RunConfig, outcome: str) -> None:
@@ -801,15 +806,20 @@ def _write_baseline(check: Any, folder: Path, suite: str, results: dict, configs
 
     path = folder / check.BASELINE_FILE
     try:
-        old = check.load_baseline(folder, suite)
-    except ConfigError:
-        old = None
+        old = json.loads(path.read_text())
+        previous = old.get("methods", {}) if old.get("suite") == suite else {}
+    except (OSError, ValueError, AttributeError):
+        old, previous = None, {}
     payload = check.baseline_payload(suite, results, configs, env)
-    if old is not None and old.get("settings") == payload["settings"]:
-        payload["methods"] = {**{m: v for m, v in old["methods"].items() if m not in results}, **payload["methods"]}
+    same_suite = old is not None and old.get("format") == check.FORMAT_VERSION and \
+        old.get("settings") == payload["settings"]
+    if same_suite:  # the methods not re-run keep their entries
+        payload["methods"] = {**{m: v for m, v in previous.items() if m not in results}, **payload["methods"]}
+    elif previous and set(previous) - set(results):
+        console.print("the suite's settings changed: methods not re-run now are dropped from the baseline "
+                      f"({', '.join(sorted(set(previous) - set(results)))})", markup=False)
     write_json(path, payload)
     console.print(f"wrote {path}", markup=False)
-    previous = (old or {}).get("methods", {})
     for method, entry in payload["methods"].items():
         before = previous.get(method)
         if method not in results:
@@ -822,7 +832,7 @@ def _write_baseline(check: Any, folder: Path, suite: str, results: dict, configs
         else:
             console.print(f"  {method}: {before['mean'] * 100:.2f} -> {entry['mean'] * 100:.2f} % "
                           f"(sd {before['sd'] * 100:.2f} -> {entry['sd'] * 100:.2f})", markup=False)
-    if old is not None:
+    if isinstance(old, dict) and isinstance(old.get("environment"), dict):
         for change in check.environment_changes(old["environment"], env):
             console.print(f"  environment: {change}", markup=False)
 

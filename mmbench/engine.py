@@ -273,7 +273,7 @@ class Checkpoint:
 
 def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train, evaluate and store one run; resumes from its checkpoint if one exists.
-    Returns the run row. A failure writes `<run_id>.failed.json` and raises RunFailed."""
+    Returns the run row. A failure writes `failed/.../<run_id>.json` and raises RunFailed."""
     reporter = reporter or Reporter()
     paths = run_paths(out, cfg)
     tune_allocator()
@@ -290,7 +290,7 @@ def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> di
 
 
 def _record_failure(paths: RunPaths, cfg: RunConfig, exc: BaseException) -> None:
-    """Write `<run_id>.failed.json`; this must not fail itself (a full disk is a common cause), so where
+    """Write `failed/.../<run_id>.json`; this must not fail itself (a full disk is a common cause), so where
     it cannot be written the reason goes to stderr and the original error stays the one raised."""
     try:
         write_json(paths.failed, {"run_id": cfg.run_id, "error": f"{type(exc).__name__}: {exc}",

@@ -296,7 +296,7 @@ def _correct(row: Any, selection: str) -> np.ndarray | None:
 
 def _predictions(row: Any, selection: str, columns: list[str]) -> pd.DataFrame:
     """One selection's rows of a run's prediction file (sample_id, y and `columns`); empty if absent."""
-    path = RunPaths(Path(row.results_folder) / f"dataset={row.dataset}" / f"method={row.method}", row.run_id).preds
+    path = RunPaths(Path(row.results_folder), row.dataset, row.method, row.run_id).preds
     if not path.is_file():
         return pd.DataFrame()
     table = pd.read_parquet(path, columns=["selection", "sample_id", "y", *columns])

@@ -60,10 +60,9 @@ def train_steps(cfg: RunConfig, steps: int):
 def synthetic_run(tmp_path_factory):
     """Full-size synthetic runs on the default protocol, each computed once per session, on one thread:
     the thread count changes the last bits of training, and effect tests must not depend on the machine."""
-    import pyarrow.parquet as pq
 
     from mmbench import engine
-    from mmbench.results import run_paths
+    from mmbench.results import read_row, run_paths
 
     out = tmp_path_factory.mktemp("synthetic-results")
 
@@ -71,7 +70,7 @@ def synthetic_run(tmp_path_factory):
         cfg = resolve(method, "synthetic", seed, overrides={"num_threads": 1, **overrides})
         paths = run_paths(out, cfg)
         if paths.row.exists():
-            return pq.read_table(paths.row).to_pylist()[0]
+            return read_row(paths).to_dict()
         return engine.run(cfg, out)
 
     run.out = out

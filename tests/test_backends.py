@@ -290,5 +290,5 @@ def test_the_ray_backend_from_the_command_line_isolates_a_crash(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Ray (a local cluster on 127.0.0.1)" in done.stdout
     assert read_runs(out)["seed"].tolist() == [0]
-    failed = json.loads(next(out.rglob("*.failed.json")).read_text())
+    failed = json.loads(next(out.glob("failed/*/*/*.json")).read_text())
     assert "SIGSEGV" in failed["worker"] and "failed: crashy synthetic seed 1" in done.stderr

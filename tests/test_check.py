@@ -81,7 +81,7 @@ def test_seeds_outside_the_baseline_go_through_the_statistical_test(small_baseli
     result = runner.invoke(app, ["check", "--baseline", str(small_baseline), "--methods", "joint", "--seeds", "4-5",
                                  "--out", str(small_baseline.parent / "runs")])
     assert result.exit_code == 0, result.output
-    assert "1 methods x 2 seeds" in result.output
+    assert "1 methods, 2 runs" in result.output
     statuses = [line.split("│")[-2].strip() for line in result.output.splitlines() if "│" in line]
     assert "exact" not in statuses and ("pass" in statuses or "stale" in statuses), result.output
     bad = runner.invoke(app, ["check", "--baseline", str(small_baseline), "--seeds", "0"])
@@ -196,17 +196,16 @@ def test_exact_needs_every_seed_to_match_and_a_new_method_is_flagged():
     assert check.compare(baseline, {"z": same}, exact_allowed=True)[0].status == "no baseline"
 
 
-BASELINES = Path(__file__).parents[1] / "results" / "baselines" / "ci"
+BASELINES = check.BASELINES / "ci"
 # Where benchmarks/check_gate_rates.py measured >= 80 % detection of a 2 pp drop (docs/statistics.md):
-# every method but arm, whose seeds spread by 3.8 pp on this suite (still climbing after 10 epochs).
-GATE_CATCHES_2PP = {scenario: ("aug", "dlc", "joint", "ogm", "ogm-ge", "opm", "unimodal")
-                    for scenario in ("fresh", "numerics")}
+# every method (arm trains 20 epochs and CI draws 12 of its seeds, its seeds spreading by 1.7 pp).
+GATE_CATCHES_2PP = {scenario: tuple(METHODS_REGISTRY.names()) for scenario in ("fresh", "numerics")}
 
 
 def _gate_rates():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("check_gate_rates", BASELINES.parents[2] / "benchmarks" /
+    spec = importlib.util.spec_from_file_location("check_gate_rates", Path(__file__).parents[1] / "benchmarks" /
                                                   "check_gate_rates.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -214,14 +213,14 @@ def _gate_rates():
 
 
 def test_the_pool_of_trained_seeds_is_the_training_behind_the_committed_baseline():
-    """pool.json (benchmarks/check_gate_rates.py) holds seeds 0-39 of every method: its seeds 0-19
+    """pool.json (benchmarks/check_gate_rates.py) holds seeds 0-39 (or more) of every method: its seeds 0-19
     are the baseline's very runs, prediction hash for prediction hash."""
     pool = json.loads((BASELINES / "pool.json").read_text())
     baseline = check.load_baseline(BASELINES, "ci")
     assert pool["settings"] == baseline["settings"] and set(pool["pool"]) == set(baseline["methods"])
     for method, entry in baseline["methods"].items():
         assert [pool["pool"][method][str(s)][1] for s in entry["seeds"]] == entry["preds_sha256"], method
-        assert len(pool["pool"][method]) == 40 and len(pool["twins"][method]) == 20
+        assert len(pool["pool"][method]) >= 40 and len(pool["twins"][method]) == 20
     assert pool["selection"] == baseline["selection"] == check.SELECTION
 
 
@@ -232,7 +231,7 @@ def test_the_gate_on_trained_seeds_keeps_false_alarms_under_one_percent():
     a 2 pp drop must be caught where the seeds' spread allows (see docs/statistics.md)."""
     rates = _gate_rates()
     pool = json.loads((BASELINES / "pool.json").read_text())
-    fresh, numerics = (rates.rates(pool, scenario, trials=200, seed=1) for scenario in ("fresh", "numerics"))
+    fresh, numerics = (rates.rates(pool, scenario, trials=400, seed=1) for scenario in ("fresh", "numerics"))
     assert fresh["false_alarm"] <= 0.01 and numerics["false_alarm"] <= 0.01
     for method in GATE_CATCHES_2PP["fresh"]:
         assert fresh["detection"][method] >= 0.8, method
@@ -242,7 +241,22 @@ def test_the_gate_on_trained_seeds_keeps_false_alarms_under_one_percent():
 
 @pytest.mark.parametrize("method", METHODS_REGISTRY.names())
 def test_the_committed_baseline_covers_every_registered_method(method):
-    baseline = check.load_baseline(Path(__file__).parents[1] / "results" / "baselines" / "ci", "ci")
+    baseline = check.load_baseline(BASELINES, "ci")
     entry = baseline["methods"].get(method)
     assert entry is not None, f"no baseline for {method}: run `mmbench check --update --methods {method}`"
     assert entry["seeds"] == list(range(check.N_REF)) and len(set(entry["preds_sha256"])) > 1
+
+
+def test_check_finds_its_shipped_baseline_outside_the_repository(tmp_path):
+    """Issue 15.7: `mmbench check` outside the repository failed for lack of a baseline; the baseline is
+    package data now (mmbench/baselines/ci), found whatever the working directory."""
+    import subprocess
+    import sys
+
+    assert (check.BASELINES / "ci" / check.BASELINE_FILE).is_file()
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'mmbench = ["baselines/*/*.json"]' in pyproject  # shipped in the wheel
+    done = subprocess.run([sys.executable, "-m", "mmbench.cli", "check", "--methods", "unimodal", "--seeds", "1",
+                           "--out", "runs"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "unimodal" in done.stdout and "exact" in done.stdout

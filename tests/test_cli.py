@@ -80,7 +80,7 @@ def test_run_writes_each_seed_once_and_recomputes_only_what_is_missing(tmp_path)
     assert again.output.count("already done") == 3
     assert read_runs(out)["finished_at"].tolist() == rows["finished_at"].tolist()
 
-    row_file = next((tmp_path / "results").glob("dataset=synthetic/method=joint/*[0-9a-f].parquet"))
+    row_file = next((tmp_path / "results").glob("runs/dataset=synthetic/method=joint/*.parquet"))
     row_file.unlink()
     third = invoke("run", "--method", "joint", "--seeds", "0,1,2", "--out", out, *TINY_SETS)
     assert third.output.count("already done") == 2
@@ -107,7 +107,7 @@ def test_bad_set_fails_with_one_line_and_runs_nothing(tmp_path):
     result = invoke("run", "--method", "joint", "--out", str(tmp_path), "--set", "lerning_rate=0.1")
     assert result.exit_code == 2
     assert "unknown key 'lerning_rate'" in result.output
-    assert not (tmp_path / "dataset=synthetic").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_yaml_config_sets_method_seeds_and_values(tmp_path):
@@ -170,7 +170,7 @@ def test_bad_options_are_reported_in_one_line(tmp_path, args, message):
     result = invoke("run", "-m", "joint", "--out", str(tmp_path), *args)
     assert result.exit_code == 2
     assert message in result.output
-    assert not (tmp_path / "dataset=synthetic").exists()  # nothing ran
+    assert not (tmp_path / "runs").exists()  # nothing ran
 
 
 def test_help_imports_neither_torch_nor_pandas():
@@ -194,12 +194,12 @@ def test_unreadable_result_files_are_skipped_and_listed_and_a_corrupt_run_is_ret
 
     out = tmp_path / "results"
     assert invoke("run", "-m", "joint", "--seeds", "0", "--out", str(out), *TINY_SETS).exit_code == 0
-    folder = out / "dataset=synthetic" / "method=joint"
-    row_file = next(p for p in folder.glob("*.parquet") if p.name.count(".") == 1)
+    folder = out / "runs" / "dataset=synthetic" / "method=joint"
+    row_file = next(folder.glob("*.parquet"))
     (folder / "0000000000000000.parquet").write_bytes(b"")
     (folder / "1111111111111111.parquet").write_bytes(row_file.read_bytes()[:200])
     pd.DataFrame({"a": [1, 2]}).to_parquet(folder / "2222222222222222.parquet")
-    (folder / "3333333333333333.epochs.parquet").write_bytes(b"PAR1")
+    (out / "epochs" / "dataset=synthetic" / "method=joint" / "3333333333333333.parquet").write_bytes(b"PAR1")
 
     runs = read_runs(out)
     assert len(runs) == 1 and len(runs.attrs["unreadable"]) == 3
@@ -219,22 +219,22 @@ def test_unreadable_result_files_are_skipped_and_listed_and_a_corrupt_run_is_ret
 
 def test_a_stored_run_replays_from_its_config_yaml_its_row_or_its_run_id(tmp_path):
     """Issue 15.4: a run's stored config, written back as YAML, was rejected (`unknown key 'seed' ... did you
-    mean data_seed?`). Each run now keeps <run_id>.config.yaml, which --config takes as it is."""
+    mean data_seed?`). Each run now keeps configs/.../<run_id>.yaml, which --config takes as it is."""
     import pandas as pd
 
     first, second = tmp_path / "a", tmp_path / "b"
     assert invoke("run", "-m", "opm", "--seeds", "1", "--out", str(first), *TINY_SETS).exit_code == 0
-    row = next(p for p in first.glob("dataset=*/method=opm/*.parquet") if p.name.count(".") == 1)
+    row = next(first.glob("runs/dataset=*/method=opm/*.parquet"))
     run_id = row.stem
-    config = row.with_name(f"{run_id}.config.yaml")
+    config = first / "configs" / row.relative_to(first / "runs").with_suffix(".yaml")
     assert "seed: 1" in config.read_text() and "hparams:" in config.read_text()
 
     replay = invoke("run", "--config", str(config), "--out", str(second))
     assert replay.exit_code == 0, replay.output
     again = second / row.relative_to(first)
     assert again.is_file()  # the same run_id
-    assert pd.read_parquet(row.with_name(f"{run_id}.preds.parquet")).equals(
-        pd.read_parquet(again.with_name(f"{run_id}.preds.parquet")))
+    preds = row.relative_to(first / "runs")
+    assert pd.read_parquet(first / "preds" / preds).equals(pd.read_parquet(second / "preds" / preds))
     assert "already done" in invoke("run", "--from", run_id, "--out", str(first)).output
     assert "already done" in invoke("run", "--from", str(row), "--out", str(second)).output
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mmbench import engine
+from mmbench import engine, results
 from mmbench.data import carve_validation
 from mmbench.method import Method
 from mmbench.registry import DATASETS, METHODS
@@ -119,9 +119,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     child.wait()
     paths = run_paths(out, cfg)
     assert not paths.row.exists(), "the run must not have finished before the kill"
-    visible = sorted(p.name for p in paths.folder.glob("*") if not p.name.startswith("."))
+    visible = sorted(p for p in out.glob("*/*/*/*") if not p.name.startswith("."))
     # a killed run leaves its config and the epochs it finished (issue 15.4/15.5), never a run row or preds
-    assert visible in ([paths.config.name], sorted([paths.config.name, paths.epochs.name])), visible
+    assert visible in ([paths.config], sorted([paths.config, paths.epochs])), visible
     resumed = engine.run(cfg, out)
     assert resumed["final_n_correct"] == reference["final_n_correct"]
     assert np.array_equal(np.stack(_preds(out, cfg)["probs"]),
@@ -133,7 +133,7 @@ def test_a_write_killed_midway_leaves_no_partial_file(tmp_path, monkeypatch):
     real_write = pq.write_table
 
     def dying_write(table, where, *args, **kwargs):
-        if str(where).startswith(str(tmp_path)) and ".preds.parquet" in str(where):
+        if str(where).startswith(str(tmp_path / "preds")):
             with open(where, "wb") as handle:
                 handle.write(b"PAR1 half a file")
             raise OSError("disk full")
@@ -143,8 +143,8 @@ def test_a_write_killed_midway_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(engine.RunFailed, match="disk full"):
         engine.run(cfg, tmp_path)
     paths = run_paths(tmp_path, cfg)
-    leftovers = sorted(p.name for p in paths.folder.iterdir())
-    assert leftovers == sorted([paths.config.name, paths.epochs.name, paths.failed.name])  # no row, preds, temp
+    leftovers = sorted(tmp_path.glob("*/*/*/*"))
+    assert leftovers == sorted([paths.config, paths.epochs, paths.failed])  # no row, preds, temporary
     assert read_runs(tmp_path).empty
     monkeypatch.undo()
     engine.run(cfg, tmp_path)  # the same run now completes and clears the failure record
@@ -176,8 +176,10 @@ def test_result_files_follow_the_schema(tmp_path):
     cfg = tiny_config()
     engine.run(cfg, tmp_path)
     paths = run_paths(tmp_path, cfg)
-    assert paths.folder == tmp_path / "dataset=synthetic" / "method=joint"
-    row = pq.read_table(paths.row).to_pandas().iloc[0]
+    assert paths.row == tmp_path / "runs" / "dataset=synthetic" / "method=joint" / f"{cfg.run_id}.parquet"
+    assert pq.read_schema(paths.row).equals(results.RUN_SCHEMA, check_metadata=False)
+    assert pq.read_schema(paths.epochs).equals(results.EPOCH_SCHEMA, check_metadata=False)
+    row = results.read_row(paths)
     for column in ("run_id", "dataset", "method", "seed", "pair_key", "profile", "n_test",
                    "final_acc", "final_acc_head_a", "final_acc_head_v", "final_macro_f1", "final_map",
                    "final_rho", "best_val_acc", "best_val_epoch", "paper_max_acc", "paper_max_epoch",
@@ -187,7 +189,7 @@ def test_result_files_follow_the_schema(tmp_path):
     assert row["final_n_correct"] == round(row["final_acc"] * row["n_test"])
     assert row["paper_max_acc"] >= max(row["final_acc"], row["best_val_acc"])
     assert json.loads(row["config_json"])["seed"] == 0
-    epochs = pq.read_table(paths.epochs).to_pandas()
+    epochs = results.read_epochs(tmp_path)
     assert epochs["epoch"].tolist() == list(range(cfg.epochs))
     for column in ("train_loss", "train_rho", "val_acc", "test_acc", "test_acc_head_a", "test_acc_head_v",
                    "test_rho", "lr"):
@@ -265,7 +267,7 @@ def test_each_selection_is_calibrated_with_its_own_method_state(tmp_path):
     row = engine.run(cfg, tmp_path)
     n_val = row["n_val"]
     assert EpochTracking.calibrated == [(2, n_val), (row["best_val_epoch"], n_val)]
-    epochs = pq.read_table(run_paths(tmp_path, cfg).epochs).to_pandas()
+    epochs = read_epochs(tmp_path)
     assert epochs["diag_last_epoch"].tolist() == [0, 1, 2]
     assert epochs["diag_after_warmup"].isna().tolist() == [True, False, False]
     steps = -(-row["n_train"] // cfg.batch_size)

@@ -333,11 +333,11 @@ def test_report_shows_d5_against_unimodal_runs_of_the_same_seed(tmp_path):
     runs, epochs = load_results([out])
     report = build_report(runs, epochs, ReportOptions())
     row = report.imbalance.set_index("method").loc["joint"]
-    preds = pd.read_parquet(next(out.glob("dataset=synthetic/method=joint/*.preds.parquet")))
+    preds = pd.read_parquet(next(out.glob("preds/dataset=synthetic/method=joint/*.parquet")))
     preds = preds[preds["selection"] == "best_val"]
     for m, modality in (("a", "audio"), ("v", "visual")):
         uni_id = runs[(runs["method"] == "unimodal") & (runs["hp_modality"] == modality)]["run_id"].item()
-        alone = pd.read_parquet(out / "dataset=synthetic/method=unimodal" / f"{uni_id}.preds.parquet")
+        alone = pd.read_parquet(out / "preds/dataset=synthetic/method=unimodal" / f"{uni_id}.parquet")
         alone = alone[alone["selection"] == "best_val"].set_index("sample_id").loc[preds["sample_id"]]
         per_class = [(preds[f"pred_{m}"][preds["y"] == c] == c).mean() - (alone["pred"][alone["y"] == c] == c).mean()
                      for c in range(6)]
@@ -363,7 +363,7 @@ def test_one_run_with_different_numbers_in_two_folders_is_refused(results, tmp_p
     once, _ = load_results([results])
     twice, _ = load_results([results, copy])  # identical copies count once
     assert len(twice) == len(once)
-    row_file = next(p for p in copy.glob("dataset=*/method=joint/*.parquet") if p.name.count(".") == 1)
+    row_file = next(copy.glob("runs/dataset=*/method=joint/*.parquet"))
     row = pd.read_parquet(row_file)
     row["final_acc"] += 0.01
     row.to_parquet(row_file)

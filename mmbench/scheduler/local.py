@@ -3,7 +3,7 @@
 Slots are GPUs (each taking `runs_per_gpu` runs, assigned through CUDA_VISIBLE_DEVICES) or,
 without GPUs, `jobs` CPU slots that split the machine's cores between them. A crashing or
 segfaulting run ends only its own process; it is retried up to `retries` times and then
-recorded as failed (`<run_id>.failed.json`, with the log path). Finished runs are skipped, so a
+recorded as failed (`failed/.../<run_id>.json`, with the log path). Finished runs are skipped, so a
 sweep that was interrupted or killed resumes where it stopped; each worker holds its run's lock,
 so two sweeps on one results folder never run the same run twice. Ctrl-C stops launching, ends
 the running workers (their last finished epoch is checkpointed) and keeps every result.

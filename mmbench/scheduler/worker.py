@@ -67,7 +67,7 @@ def describe_exit(code: int) -> str:
 
 
 def record_failure(out: Path, cfg: Any, reason: str, attempts: int) -> None:
-    """Add the scheduler's view (how the worker ended, attempts, log) to `<run_id>.failed.json`."""
+    """Add the scheduler's view (how the worker ended, attempts, log) to `failed/.../<run_id>.json`."""
     from mmbench.results import run_paths, write_json
 
     paths = run_paths(out, cfg)
@@ -101,7 +101,7 @@ def die_with_parent(parent: int) -> None:
 
 def execute(cfg: Any, out: Path, reporter: Any, announce_lock: bool = True) -> str:
     """Lock, skip if done, train. Returns "trained", "done" (already), "failed" (the engine
-    recorded why in `<run_id>.failed.json`) or "locked" (another sweep is running it)."""
+    recorded why in `failed/.../<run_id>.json`) or "locked" (another sweep is running it)."""
     from mmbench import engine
     from mmbench.results import is_done, run_paths
 
