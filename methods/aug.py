@@ -168,14 +168,15 @@ class AUG(Method):
             losses[m].backward()
             optimizer.step()
             z[m] = torch.stack(head_logits).sum(0).detach()
-            self.scores[m] += float(true_class_score(z[m], batch.y))
+            self.scores[m] = self.scores[m] + true_class_score(z[m], batch.y).double()  # read at epoch end
         loss_a, loss_v = losses["a"].detach().double(), losses["v"].detach().double()
         ctx.log(loss_a=loss_a, loss_v=loss_v, gap=loss_a - loss_v)
         alpha = self.hp["merge_alpha"]
         return Outputs(alpha * z["a"] + (1 - alpha) * z["v"], z["a"], z["v"]), losses["a"] + losses["v"]
 
     def on_epoch_end(self, model: nn.Module, ctx: RunContext) -> None:
-        self.ratio = self.scores["a"] / self.scores["v"] if self.scores["v"] else math.inf
+        score_a, score_v = float(self.scores["a"]), float(self.scores["v"])
+        self.ratio = score_a / score_v if score_v else math.inf
         self.scores = {"a": 0.0, "v": 0.0}
 
     def on_epoch_start(self, model: AUGModel, ctx: RunContext) -> None:

@@ -6,6 +6,7 @@ A prepared cache lives in `<cache>/<dataset>/<key>/`:
   audio.npy       (N, F, T) float16 audio features
   frames.npy      (M, 3, S, S) uint8 candidate frames; clip i owns rows frame_start[i] : +frame_count[i]
   bad_clips.csv   clips that were skipped, and why
+  truncated_clips.csv  clips kept although a file holds less than its header declares
   .work/          shards of a prepare that has not finished (kept for resuming, removed at the end)
 `key` hashes the dataset, its preprocessing settings and the data root, so `mmbench run` finds
 the cache from the same root without reading the raw data; `fingerprint` (in the manifest)
@@ -114,9 +115,19 @@ def _rel(path: Path, root: Path) -> str:
 # --- decoding one clip (runs in worker processes) ------------------------------------------
 
 def decode_clip(src: ClipSource, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """(audio features (F, T) float16, candidate frames (K, 3, S, S) uint8); MediaError if unusable."""
-    frames = _decode_frames(src, prep)
-    return _decode_audio(src, prep), frames
+    """(audio features (F, T) float16, candidate frames (K, 3, S, S) uint8); MediaError if unusable,
+    its `path` the file at fault."""
+    first_frame = src.frames[0] if src.frames else None
+    try:
+        frames = _decode_frames(src, prep)
+    except media.MediaError as exc:
+        exc.path = exc.path or src.video or first_frame
+        raise
+    try:
+        return _decode_audio(src, prep), frames
+    except media.MediaError as exc:
+        exc.path = exc.path or src.audio or src.video
+        raise
 
 
 def _decode_audio(src: ClipSource, prep: Preprocessing) -> np.ndarray:
@@ -131,7 +142,7 @@ def _decode_audio(src: ClipSource, prep: Preprocessing) -> np.ndarray:
         _check_duration(path, len(wave) / frontend.sample_rate, prep, "audio")
         features = frontend(wave)
     if not np.isfinite(features).all() or np.abs(features).max() > 65000:
-        raise media.MediaError(f"{path}: audio features are not finite or exceed float16 range")
+        raise media.MediaError(f"{path}: audio features are not finite or exceed float16 range", path)
     return features.astype(np.float16)
 
 
@@ -149,9 +160,9 @@ def _decode_frames(src: ClipSource, prep: Preprocessing) -> np.ndarray:
 
 def _check_duration(path: Path, seconds: float, prep: Preprocessing, what: str) -> None:
     if seconds < prep.min_seconds:
-        raise media.MediaError(f"{path}: {what} lasts {seconds:.2f} s, under min_seconds={prep.min_seconds}")
+        raise media.MediaError(f"{path}: {what} lasts {seconds:.2f} s, under min_seconds={prep.min_seconds}", path)
     if seconds > prep.max_seconds:
-        raise media.MediaError(f"{path}: {what} lasts {seconds:.1f} s, over max_seconds={prep.max_seconds}")
+        raise media.MediaError(f"{path}: {what} lasts {seconds:.1f} s, over max_seconds={prep.max_seconds}", path)
 
 
 def _evenly(items: list, limit: int) -> list:
@@ -174,9 +185,14 @@ def _problem_of(reason: str) -> str:
 def _decode_job(job: tuple[int, ClipSource, Preprocessing]) -> tuple[int, Any]:
     index, src, prep = job
     try:
-        return index, decode_clip(src, prep)
+        audio, frames = decode_clip(src, prep)
+        files = [p for p in dict.fromkeys((src.audio, src.video)) if p is not None and p.suffix not in FEATURE_SUFFIXES]
+        cut = [BadClip(src.clip, "truncated", str(p), f"{p}: {reason}") for p in files
+               if (reason := media.truncation(p)) is not None]
+        return index, (audio, frames, cut)
     except media.MediaError as exc:
-        return index, BadClip(src.clip, _problem_of(str(exc)), str(src.audio or src.video or ""), str(exc))
+        return index, BadClip(src.clip, _problem_of(str(exc)), str(exc.path or src.audio or src.video or ""),
+                              str(exc))
     except Exception as exc:  # a decoder crash on one clip must not stop the others
         return index, BadClip(src.clip, "unreadable", str(src.audio or src.video or ""),
                               f"{type(exc).__name__}: {exc}")
@@ -223,10 +239,10 @@ def prepare(scan: Scan, prep: Preprocessing, target: Path, root: Path, meta: dic
     (target / "manifest.json").unlink(missing_ok=True)
     shards = [list(range(i, min(i + SHARD_SIZE, len(scan.clips)))) for i in range(0, len(scan.clips), SHARD_SIZE)]
     _decode_shards(scan, prep, work, shards, jobs, print_)
-    bad = _consolidate(scan, work, target, len(shards), strict)
+    bad, truncated = _consolidate(scan, work, target, len(shards), strict)
     manifest = {"cache_version": CACHE_VERSION, "fingerprint": fp, "root": str(root.resolve()),
                 "layout": scan.layout, "split_files": scan.split_files, "preprocessing": asdict(prep),
-                "n_bad": len(bad), **meta}
+                "n_bad": len(bad), "n_truncated": len(truncated), **meta}
     manifest.update(_array_meta(target))
     _write_atomic(target / "manifest.json", json.dumps(manifest, indent=2).encode())
     shutil.rmtree(work, ignore_errors=True)
@@ -284,9 +300,11 @@ def _write_shard(work: Path, k: int, results: dict[int, Any]) -> None:
     _write_atomic(work / f"shard-{k:05d}.pkl", pickle.dumps(results, protocol=5))
 
 
-def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bool) -> list[BadClip]:
-    """Shards -> audio.npy, frames.npy, index.parquet, bad_clips.csv (two passes, one shard in memory)."""
-    bad = list(scan.bad)
+def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bool
+                 ) -> tuple[list[BadClip], list[BadClip]]:
+    """Shards -> audio.npy, frames.npy, index.parquet, bad_clips.csv and truncated_clips.csv (clips kept
+    although a file holds less than its header declares); two passes, one shard in memory."""
+    bad, truncated = list(scan.bad), []
     shapes: Counter = Counter()
     frame_counts: dict[int, int] = {}
     size, failed = 0, 0
@@ -320,6 +338,7 @@ def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bo
                 bad.append(BadClip(src.clip, "shape", str(src.audio), f"{src.audio}: audio features have shape "
                                    f"{result[0].shape}, the other clips {audio_shape}"))
                 continue
+            truncated += result[2] if len(result) > 2 else []  # shards of an older prepare have no notes
             audio[len(rows)] = result[0]
             count = len(result[1])
             frames[frame_at:frame_at + count] = result[1]
@@ -336,7 +355,8 @@ def _consolidate(scan: Scan, work: Path, target: Path, n_shards: int, strict: bo
     os.replace(target / ".frames.npy", target / "frames.npy")
     _write_atomic(target / "index.parquet", _parquet_bytes(pd.DataFrame(rows)))
     _write_bad(target, bad)
-    return bad
+    _write_bad(target, truncated, "truncated_clips.csv")
+    return bad, truncated
 
 
 def _truncate_rows(src: Path, dst: Path, n: int) -> None:
@@ -358,9 +378,9 @@ def _load_shard(work: Path, k: int) -> dict[int, Any]:
         return pickle.load(handle)
 
 
-def _write_bad(target: Path, bad: list[BadClip]) -> None:
+def _write_bad(target: Path, bad: list[BadClip], name: str = "bad_clips.csv") -> None:
     table = pd.DataFrame([asdict(b) for b in bad], columns=["clip", "problem", "path", "reason"])
-    _write_atomic(target / "bad_clips.csv", table.to_csv(index=False).encode())
+    _write_atomic(target / name, table.to_csv(index=False).encode())
 
 
 def _array_meta(target: Path) -> dict[str, Any]:

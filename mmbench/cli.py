@@ -68,6 +68,9 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 PluginOpt = Annotated[list[str] | None, typer.Option(
     "--plugin", help="Python file that registers extra methods or datasets (repeatable).")]
+LogOpt = Annotated[str | None, typer.Option(
+    "--log", help="Also log each run to tensorboard, wandb or mlflow (several with commas); needs the extra of "
+    "that name, e.g. pip install \"mmbench[tensorboard]\". Same as --set log=...")]
 
 
 BackendOpt = Annotated[str, typer.Option(help="local (this machine), slurm (a job array) or ray (a Ray cluster).")]
@@ -215,18 +218,21 @@ def run_command(
     backend: BackendOpt = "local", jobs: JobsOpt = None, gpus: GpusOpt = None, runs_per_gpu: RunsPerGpuOpt = None,
     gpu_mem: GpuMemOpt = None, retries: RetriesOpt = 0, slurm: SlurmOpt = None, no_wait: NoWaitOpt = False,
     address: AddressOpt = None,
+    log: LogOpt = None,
     plugin: PluginOpt = None,
 ) -> None:
     """Train and evaluate METHOD on DATASET for each seed; finished runs are not recomputed.
 
-    One run at a time runs in this process; several at a time (--jobs, several GPUs,
-    --backend slurm|ray) go through the same scheduler as `mmbench sweep`."""
+    Runs go one at a time, each with its epochs shown (several runs: each in its own process, so that
+    one that crashes stops nothing else); several at a time (--jobs, several GPUs, --backend
+    slurm|ray) go through the same scheduler as `mmbench sweep`."""
     try:
         load_plugins(plugin)
         if data_root is not None and "root" not in DATASETS.get(dataset or "synthetic").params:
             raise ConfigError(f"--data-root: dataset {dataset or 'synthetic'} is generated in memory and reads "
                               "no files; drop --data-root")
         extra = [f"root={data_root}"] if data_root is not None else []
+        extra += [f"log={log}"] if log is not None else []
         if from_run is not None and config is not None:
             raise ConfigError("--from and --config both give the settings; pass one of them")
         stored = _stored_config(from_run, out) if from_run is not None else None
@@ -244,7 +250,7 @@ def run_command(
     from mmbench.scheduler.backends import one_slot
 
     if one_slot(options):
-        _execute(configs, out, retries)
+        _execute(configs, out, retries, plugin or [])
     else:
         _schedule(configs, out, options, plugin)
     _print_summary(configs, out)
@@ -354,17 +360,23 @@ def _check_data(cfg: RunConfig) -> None:
         cls(cfg).locate()
 
 
-def _execute(configs: list[RunConfig], out: Path, retries: int = 0) -> None:
-    """Runs one after another in this process, with a live view of each epoch."""
+def _execute(configs: list[RunConfig], out: Path, retries: int = 0, plugins: list[str] | None = None) -> None:
+    """Runs one after another with a view of each epoch: a single run in this process, several each in
+    a worker process of its own, so that a native crash (a segfault in a method's extension) ends only
+    that run, recorded as failed, and the next one still runs (as in `sweep`)."""
+    import functools
+
     from mmbench import engine
     from mmbench.progress import make_reporter
-    from mmbench.results import run_paths
+    from mmbench.results import is_done, run_paths
     from mmbench.scheduler.worker import execute
 
     try:
         engine.select_device(configs[0].device)
     except engine.RunFailed as exc:
         fail(str(exc))
+    if sum(not is_done(run_paths(out, cfg)) for cfg in configs) > 1:
+        execute = functools.partial(_execute_in_child, plugins=plugins or [])
     failures = []
     for cfg in configs:
         paths = run_paths(out, cfg)
@@ -404,6 +416,43 @@ def _execute(configs: list[RunConfig], out: Path, retries: int = 0) -> None:
         err.print(f"{len(failures)} of {len(configs)} runs failed: "
                   + ", ".join(f"{c.method} seed {c.seed}" for c in failures))
         raise typer.Exit(1)
+
+
+def _execute_in_child(cfg: RunConfig, out: Path, reporter: Any, announce_lock: bool = False,
+                      plugins: list[str] | None = None) -> str:
+    """`worker.execute` in a worker process: "trained", "done", "failed" or "locked". The worker draws on
+    this terminal; where this command's output is not a terminal its lines are passed on."""
+    import os
+    import signal
+    import subprocess
+
+    from mmbench.results import is_done, run_paths
+    from mmbench.scheduler import worker
+
+    if is_done(run_paths(out, cfg)):
+        return "done"
+    spec = worker.write_spec(out, cfg, plugins or [])
+    env = {**os.environ, worker.PARENT_ENV: str(os.getpid()), worker.TERMINAL_ENV: "1"}
+    relay = not console.is_terminal
+    child = subprocess.Popen(worker.worker_command(spec, out), env=env, text=True, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE if relay else None, stderr=subprocess.STDOUT if relay else None)
+    try:
+        for line in child.stdout if relay else ():
+            console.print(line.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+        code = child.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the worker stops too; its last finished epoch is kept
+        child.send_signal(signal.SIGTERM)
+        child.wait()
+        raise
+    if code == worker.LOCKED_ELSEWHERE:
+        return "locked"
+    if code == worker.DONE_ELSEWHERE:
+        return "done"
+    if code == 0:
+        return "trained" if is_done(run_paths(out, cfg)) else "failed"
+    if not run_paths(out, cfg).failed.exists() or code != 1:  # killed: the engine could not record why
+        worker.record_failure(out, cfg, f"the worker process {worker.describe_exit(code)}", attempts=1)
+    return "failed"
 
 
 def _schedule(configs: list[RunConfig], out: Path, options: Any, plugins: list[str] | None) -> None:
@@ -453,12 +502,14 @@ def sweep_command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the runs and which are done; run nothing.")] = False,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="key=value for every run (repeatable).")
                     ] = None,
+    log: LogOpt = None,
     plugin: PluginOpt = None,
 ) -> None:
     """Run a grid of methods x datasets x hyperparameters x seeds, each run in its own process."""
     try:
         load_plugins(plugin)
-        sweep = config_mod.SweepConfig.load(sweep_file, config_mod.parse_sets(set_))
+        sweep = config_mod.SweepConfig.load(sweep_file, config_mod.parse_sets([*(set_ or []),
+                                                                             *([f"log={log}"] if log else [])]))
         configs = sweep.expand()
         options = _scheduling(backend, jobs, gpus, runs_per_gpu, gpu_mem, retries, slurm, no_wait, address)
         if options.backend == "slurm":  # the file's settings, then the command line's
@@ -580,10 +631,17 @@ def _prepare(cls: Any, params: dict[str, Any], jobs: int, strict: bool) -> None:
 
 
 def _print_bad_clips(target: Path, manifest: dict[str, Any]) -> None:
-    if not manifest["n_bad"]:
-        return
     import pandas as pd
 
+    if manifest.get("n_truncated"):
+        cut = pd.read_csv(target / "truncated_clips.csv")
+        console.print(f"kept {cut['clip'].nunique()} truncated clip(s): a file holds less than its header "
+                      "declares (a download or copy that stopped early?); the list: "
+                      f"{target / 'truncated_clips.csv'}", markup=False)
+        for row in cut.head(3).itertuples():
+            console.print(f"  {row.clip}: {row.reason}", markup=False)
+    if not manifest["n_bad"]:
+        return
     bad = pd.read_csv(target / "bad_clips.csv")
     counts = ", ".join(f"{n} {problem}" for problem, n in bad["problem"].value_counts().items())
     console.print(f"skipped {len(bad)} bad clip(s) ({counts}); the list: {target / 'bad_clips.csv'}", markup=False)

@@ -65,6 +65,7 @@ class RunConfig:
     # Execution only: recorded with the results but not part of the run's identity.
     device: str = "auto"
     num_threads: int = 0
+    log: str = "none"
     hparams: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -95,7 +96,7 @@ class RunConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-EXECUTION_KEYS = frozenset({"device", "num_threads"})
+EXECUTION_KEYS = frozenset({"device", "num_threads", "log"})
 FIXED_KEYS = frozenset({"method", "dataset", "seed", "hparams", "data"})
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in FIXED_KEYS}
 _CORE_TYPES = typing.get_type_hints(RunConfig)
@@ -125,6 +126,7 @@ CORE_HELP: dict[str, str] = {
     "deterministic": "deterministic algorithms (bit-identical reruns)",
     "device": "auto, cpu, cuda or cuda:N (not part of the run's identity)",
     "num_threads": "CPU threads; 0 = the cores this process may use, at most 8 (not part of the run's identity)",
+    "log": "also log to none, tensorboard, wandb or mlflow (several with commas; not part of the run's identity)",
 }
 
 
@@ -290,6 +292,10 @@ def resolve(
 
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", core["device"]):
         raise ConfigError(f"device={core['device']!r} is not allowed; choices: auto, cpu, cuda, cuda:N")
+    if core["log"] != "none":
+        from mmbench.trackers import parse_log
+
+        parse_log(core["log"])
     seed = _to_int(seed)
     check_range("seed", seed, 0, math.inf)
     cfg = RunConfig(method=method_cls.name, dataset=dataset_cls.name, seed=seed,

@@ -45,6 +45,7 @@ from mmbench.metrics import (  # noqa: E402
     decision_layer_diagnostics,
     imbalance_ratio,
     modality_scores,
+    true_class_score,
 )
 from mmbench.models import Outputs, build_av_model  # noqa: E402
 from mmbench.registry import DATASETS, METHODS  # noqa: E402
@@ -74,7 +75,9 @@ class Reporter:
     """Progress callbacks; the CLI supplies a rich or a plain-text one."""
 
     def run_started(self, cfg: RunConfig, epochs: int, steps: int, start_epoch: int) -> None: ...
-    def step(self, loss: float) -> None: ...
+    def step(self, loss: torch.Tensor) -> None:
+        """After each training step; `loss` is a 0-dim device tensor, and reading it is a host-device
+        sync: read it at most a few times a second."""
     def epoch_finished(self, row: dict[str, Any]) -> None: ...
     def run_finished(self, row: dict[str, Any]) -> None: ...
 
@@ -203,27 +206,62 @@ def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: Split,
 
 def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Split,
                 optimizer: torch.optim.Optimizer, ctx: RunContext, reporter: Reporter) -> dict[str, float]:
-    """One pass over the training split in the seeded order; returns the epoch's train stats."""
-    losses, rhos, correct, seen = [], [], 0, 0
+    """One pass over the training split in the seeded order; returns the epoch's train stats.
+
+    Loss, correct predictions and rho stay on the device and are read once, at the end of the epoch
+    (on a GPU every read is a host-device sync). A non-finite loss is noted on the device with its
+    step and read every FINITE_CHECK_EVERY steps, so training stops within that many steps of it."""
+    stats = _EpochStats(ctx.device)
     for step, batch in enumerate(train.batches(ctx.cfg.batch_size, ctx.generator("order"))):
         ctx.step = step
         batch = dataset.transform(batch.to(ctx.device), train=True, generator=ctx.generator("augment"))
         out, loss = method.train_step(model, batch, optimizer, ctx)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
+        stats.add(step, loss.detach(), out, out.targets(batch.y))
+        if (step + 1) % FINITE_CHECK_EVERY == 0:
+            stats.raise_if_not_finite(ctx)
+        reporter.step(loss.detach())
+    stats.raise_if_not_finite(ctx)
+    return stats.read()
+
+
+FINITE_CHECK_EVERY = 50
+
+
+class _EpochStats:
+    """The running sums of an epoch, as device tensors."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # step of the first non-finite loss
+        self.bad_loss = torch.zeros((), device=device)
+        self.rhos: list[torch.Tensor] = []
+        self.steps = self.seen = 0
+
+    def add(self, step: int, loss: torch.Tensor, out: Outputs, y: torch.Tensor) -> None:
+        newly_bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, step, self.first_bad)
+        self.bad_loss = torch.where(newly_bad, loss.float(), self.bad_loss)
+        self.loss_sum += loss.double()
+        self.correct += (out.logits.argmax(1) == y).sum()
+        self.steps, self.seen = self.steps + 1, self.seen + len(y)
+        if out.logits_a is not None and out.logits_v is not None:
+            # rho = s_a / s_v in float64 (x / 0 = inf, 0 / 0 = nan, as imbalance_ratio says)
+            scores = [true_class_score(z.detach(), y).double() for z in (out.logits_a, out.logits_v)]
+            self.rhos.append(scores[0] / scores[1])
+
+    def raise_if_not_finite(self, ctx: RunContext) -> None:
+        first_bad = int(self.first_bad)  # the one read: a device flag
+        if first_bad >= 0:
             raise NonFiniteLoss(
-                f"non-finite loss ({loss_value}) at epoch {ctx.epoch + 1} step {ctx.step + 1}: "
+                f"non-finite loss ({float(self.bad_loss)}) at epoch {ctx.epoch + 1} step {first_bad + 1}: "
                 f"lower the learning rate (lr={ctx.cfg.lr}) or check the inputs"
             )
-        losses.append(loss_value)
-        y = out.targets(batch.y)
-        correct += int((out.logits.argmax(1) == y).sum())
-        seen += len(y)
-        if out.logits_a is not None and out.logits_v is not None:
-            rhos.append(imbalance_ratio(*modality_scores(out.logits_a, out.logits_v, y)))
-        reporter.step(loss_value)
-    return {"train_loss": float(np.mean(losses)), "train_acc": correct / seen if seen else math.nan,
-            "train_rho": float(np.mean(rhos)) if rhos else math.nan}
+
+    def read(self) -> dict[str, float]:
+        rho = float(torch.stack(self.rhos).mean()) if self.rhos else math.nan
+        return {"train_loss": float(self.loss_sum) / self.steps if self.steps else math.nan,
+                "train_acc": int(self.correct) / self.seen if self.seen else math.nan, "train_rho": rho}
 
 
 def build_model(method: Method, ctx: RunContext) -> nn.Module:
@@ -274,12 +312,18 @@ class Checkpoint:
 def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train, evaluate and store one run; resumes from its checkpoint if one exists.
     Returns the run row. A failure writes `failed/.../<run_id>.json` and raises RunFailed."""
+    from mmbench.trackers import Tee, open_trackers
+
     reporter = reporter or Reporter()
     paths = run_paths(out, cfg)
     tune_allocator()
+    trackers = open_trackers(cfg, paths.root)  # --log: TensorBoard, W&B, MLflow
+    finished = False
     try:
         write_text(paths.config, to_yaml(cfg))
-        return _run(cfg, paths, reporter)
+        row = _run(cfg, paths, Tee([reporter, *trackers]) if trackers else reporter)
+        finished = True
+        return row
     except RunFailed as exc:
         _record_failure(paths, cfg, exc)
         raise
@@ -287,6 +331,9 @@ def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> di
         _record_failure(paths, cfg, exc)
         raise RunFailed(f"run {cfg.run_id} ({cfg.method}, seed {cfg.seed}) failed: "
                         f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        for tracker in trackers:
+            tracker.close(finished)
 
 
 def _record_failure(paths: RunPaths, cfg: RunConfig, exc: BaseException) -> None:

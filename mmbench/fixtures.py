@@ -60,7 +60,11 @@ BAD_CLIP_IDS = {
     "audio_only": f"{BAD_ACTOR}_TIE_FEA_XX",
     "visual_only": f"{BAD_ACTOR}_IOM_SAD_XX",
     "bad_label": f"{BAD_ACTOR}_DFA_XYZ_XX",
+    "truncated": f"{BAD_ACTOR}_ITH_ANG_XX",
 }
+# Not a defect that skips the clip: its WAV (and FLV) are cut short, which decoders read without an
+# error; `prepare` keeps it and lists it in truncated_clips.csv. Layouts with media files only.
+TRUNCATED_LAYOUTS = ("raw", "ogm-ge")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,9 +107,13 @@ def write_bad_clips(dataset_root: Path, layout: str, kinds: Iterable[str]) -> di
     if layout not in LAYOUTS["cremad"]:
         raise ValueError(f"fixtures: unknown cremad layout {layout!r}; known: {', '.join(LAYOUTS['cremad'])}")
     kinds = list(dict.fromkeys(kinds))
-    unknown = [k for k in kinds if k not in BAD_KINDS]
+    unknown = [k for k in kinds if k not in (*BAD_KINDS, "truncated")]
     if unknown:
-        raise ValueError(f"fixtures: unknown bad-clip kind(s) {', '.join(unknown)}; known: {', '.join(BAD_KINDS)}")
+        raise ValueError(f"fixtures: unknown bad-clip kind(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(BAD_KINDS)}, truncated")
+    if "truncated" in kinds and layout not in TRUNCATED_LAYOUTS:
+        raise ValueError(f"fixtures: layout {layout} has no media file to truncate; use "
+                         f"{' or '.join(TRUNCATED_LAYOUTS)}")
     if not root.is_dir():
         raise ValueError(f"fixtures: {root} is not a folder; write a cremad fixture there first")
     made: dict[str, str] = {}
@@ -426,6 +434,12 @@ def _write_bad_clip(root: Path, layout: str, kind: str, clip: str, rng: np.rando
         _write_cremad_clip(root, layout, clip, c, len(CREMAD_EMOTIONS), seconds, rng, visual=False)
     elif kind == "visual_only":
         _write_cremad_clip(root, layout, clip, c, len(CREMAD_EMOTIONS), seconds, rng, audio=False)
+    elif kind == "truncated":  # a copy that stopped early: the headers still declare the whole clip
+        _write_cremad_clip(root, layout, clip, c, len(CREMAD_EMOTIONS), seconds, rng)
+        for path in (audio_path, root / "VideoFlash" / f"{clip}.flv"):
+            if path.is_file():
+                data = path.read_bytes()
+                path.write_bytes(data[: len(data) // 2])
     else:  # bad_label: a tone/colour outside the classes, both modalities present
         _write_cremad_clip(root, layout, clip, len(CREMAD_EMOTIONS), len(CREMAD_EMOTIONS) + 1, seconds, rng)
 

@@ -41,11 +41,17 @@ __all__ = [
     "read_image",
     "read_video_frames",
     "resize_frame",
+    "truncation",
 ]
 
 
 class MediaError(ValueError):
-    """A clip that cannot be used. str(exc) is one line naming the file and the reason."""
+    """A clip that cannot be used. str(exc) is one line naming the file and the reason; `path` is the
+    file at fault where it is known (a clip's video, not its audio, when the video is broken)."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 _LFS_PREFIX = b"version https://git-lfs"
@@ -59,7 +65,7 @@ def _one_line(text: object) -> str:
 
 
 def _fail(path: Path, reason: object) -> MediaError:
-    return MediaError(f"{path}: {_one_line(reason)}")
+    return MediaError(f"{path}: {_one_line(reason)}", path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,6 +214,55 @@ def media_duration(path: Path) -> float:
 
 # ----------------------------------------------------------------------------------------------
 # video and images
+
+
+def truncation(path: Path, keep: float = 0.9) -> str | None:
+    """Why `path` looks cut short, or None: it holds less than `keep` of the audio or video its header
+    declares (a download or copy that stopped early). Decoders read such a file without an error."""
+    path = Path(path)
+    if path.suffix.lower() == ".wav":
+        declared, held, rate = _wav_data_bytes(path)
+        if declared and held < keep * declared:
+            return f"holds {held / rate:.2f} s of the {declared / rate:.2f} s of audio its header declares"
+        return None
+    try:
+        with _open(path) as container:
+            declared = float(container.duration) / av.time_base if container.duration else 0.0
+            end = 0.0
+            try:
+                for packet in container.demux():
+                    if packet.pts is not None and packet.time_base is not None:
+                        end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+            except _DECODE_ERRORS as exc:
+                return f"stops with a read error after {end:.2f} s ({_one_line(exc)})"
+    except MediaError:
+        return None  # unreadable files are rejected by the decoders, with their reason
+    if declared and end < keep * declared:
+        return f"holds {end:.2f} s of the {declared:.2f} s its header declares"
+    return None
+
+
+def _wav_data_bytes(path: Path) -> tuple[int, int, float]:
+    """(bytes of samples the RIFF header declares, bytes the file holds, bytes per second); zeros where
+    the header cannot be read."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0, 0, 1.0
+        rate = 1.0
+        while True:
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return 0, 0, 1.0
+            name, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"fmt ":
+                fmt = handle.read(length + length % 2)
+                rate = float(int.from_bytes(fmt[8:12], "little")) or 1.0  # average bytes per second
+            elif name == b"data":
+                return length, size - handle.tell(), rate
+            else:
+                handle.seek(length + length % 2, 1)
 
 
 def frame_times(duration: float, per_second: float) -> list[float]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -51,6 +53,7 @@ class RichReporter(Reporter):
 
     def run_started(self, cfg: RunConfig, epochs: int, steps: int, start_epoch: int) -> None:
         self.cfg, self.epochs, self.epoch, self.val_acc = cfg, epochs, start_epoch, math.nan
+        self.loss_read_at = -math.inf
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=self.console, transient=True)
         self.progress.start()
@@ -61,9 +64,14 @@ class RichReporter(Reporter):
         return (f"{run_label(self.cfg)} │ epoch {min(self.epoch + 1, self.epochs)}/{self.epochs} │ "
                 f"loss {_fmt(loss)} │ val acc {_fmt(self.val_acc)}")
 
-    def step(self, loss: float) -> None:
+    def step(self, loss: torch.Tensor) -> None:
         assert self.progress is not None
-        self.progress.update(self.task, advance=1, description=self._describe(loss))
+        now = time.monotonic()
+        if now - self.loss_read_at < 0.5:  # reading the loss is a host-device sync: twice a second at most
+            self.progress.update(self.task, advance=1)
+            return
+        self.loss_read_at = now
+        self.progress.update(self.task, advance=1, description=self._describe(float(loss)))
 
     def epoch_finished(self, row: dict[str, Any]) -> None:
         self.epoch, self.val_acc = row["epoch"] + 1, row["val_acc"]

@@ -52,7 +52,7 @@ RUN_SCHEMA = pa.schema([
     *_fields(pa.string(), ["run_id", "status", "profile", "optimizer", "lr_step_at", "encoder", "fusion",
                            "linear_init", "device", "classes", "code_version", "mmbench_version", "git_sha",
                            "torch_version", "torchvision_version", "python_version", "platform", "device_name",
-                           "started_at", "finished_at", "config_json"]),
+                           "started_at", "finished_at", "config_json", "log"]),
     *_fields(pa.int64(), ["seed", "epochs", "batch_size", "eval_batch_size", "lr_step", "encoder_width",
                           "split_seed", "num_threads", "pair_key", "n_train", "n_val", "n_test", "schema_version",
                           "best_val_epoch", "paper_max_epoch", "final_n_correct", "best_val_n_correct"]),

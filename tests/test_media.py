@@ -514,3 +514,20 @@ def test_silent_audio_is_a_media_error_naming_the_file(tmp_path: Path, channels:
         read_audio(path, 16000)
     soundfile.write(path, channels[:, :1] + 0.01, 16000)
     assert read_audio(path, 16000).std() >= 0  # any signal is accepted
+
+
+def test_truncation_compares_what_a_wav_holds_with_what_its_header_declares(tmp_path: Path) -> None:
+    """Issue 15.21: libsndfile reads a WAV cut short without an error (it counts the frames it finds),
+    so a cut is only visible against the RIFF header's data size."""
+    from mmbench.media import truncation
+
+    whole = tmp_path / "whole.wav"
+    soundfile.write(whole, (0.5 * np.sin(np.arange(32000) / 10)).astype(np.float32), 16000)  # 2 s, PCM_16
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[: 44 + 32000])  # the header and 1 s of 16-bit samples
+    assert truncation(whole) is None
+    assert truncation(cut) == "holds 1.00 s of the 2.00 s of audio its header declares"
+    assert soundfile.read(cut)[0].shape == (16000,)  # what decoding alone sees: a shorter clip
+    slightly = tmp_path / "slightly.wav"
+    slightly.write_bytes(whole.read_bytes()[: 44 + 62000])  # 97 % is there: a tolerance, not a defect
+    assert truncation(slightly) is None

@@ -85,3 +85,18 @@ def test_classification_metrics_of_perfect_logits():
     logits = np.eye(3)[y] * 5
     m = classification_metrics(logits, y)
     assert (m["acc"], m["macro_f1"], m["map"], m["n_correct"]) == (1.0, 1.0, 1.0, 4)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_and_map_match_scikit_learn(seed):
+    """The hand-written metrics (no runtime dependency on scikit-learn) against its reference code, on
+    random predictions with rounded (tied) scores and a class that never occurs."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, 200)  # class 5 of 6 never occurs
+    probs = np.round(rng.dirichlet(np.ones(6), 200), 1)
+    pred = probs.argmax(1)
+    expected_f1 = sklearn_metrics.f1_score(y, pred, average="macro", labels=np.union1d(y, pred), zero_division=0)
+    assert macro_f1(pred, y) == pytest.approx(expected_f1)
+    expected_map = np.mean([sklearn_metrics.average_precision_score(y == c, probs[:, c]) for c in np.unique(y)])
+    assert mean_average_precision(probs, y) == pytest.approx(expected_map)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -228,9 +230,31 @@ def test_bad_clips_are_skipped_and_listed(tmp_path, cremad_bad):
             assert listed.loc[clip, "problem"] == EXPECTED_PROBLEM[kind], (kind, listed.loc[clip, "reason"])
         assert clip in listed.loc[clip, "reason"] or str(root) in listed.loc[clip, "reason"]
     assert f"skipped {len(bad_ids)} bad clip(s)" in " ".join(result.output.split())
+    # issue 15.23: the file at fault, not the clip's WAV whatever broke
+    assert listed.loc[bad_ids["empty_audio"], "path"].endswith(".wav")
+    assert not listed.loc[bad_ids["corrupt_video"], "path"].endswith(".wav")
+    assert listed.loc[bad_ids["corrupt_video"], "path"] in listed.loc[bad_ids["corrupt_video"], "reason"]
     manifest = json.loads((target / "manifest.json").read_text())
     assert manifest["n_clips"] == 12 and manifest["n_bad"] == len(bad_ids)
     assert not set(pd.read_parquet(target / "index.parquet")["clip"]) & set(bad_ids.values())
+
+
+def test_truncated_media_are_kept_with_a_notice(tmp_path):
+    """Issue 15.21: a WAV or FLV cut short (a copy that stopped early) decodes without an error and was
+    kept without notice; `prepare` now keeps it and lists it, saying how much of the file is there."""
+    root = tmp_path / "raw"
+    fixtures.write_fixture("cremad", "raw", root, clips=12, seed=2)
+    clip = fixtures.write_bad_clips(root, "raw", ["truncated"])["truncated"]
+    result = prepare("cremad", root, tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    assert "kept 1 truncated clip(s)" in " ".join(result.output.split())
+    target = next((tmp_path / "cache" / "cremad").iterdir())
+    cut = pd.read_csv(target / "truncated_clips.csv")
+    assert set(cut["clip"]) == {clip} and sorted(Path(p).suffix for p in cut["path"]) == [".flv", ".wav"]
+    assert all(re.search(r"holds [0-9.]+ s of the [0-9.]+ s", reason) for reason in cut["reason"])
+    assert clip in set(pd.read_parquet(target / "index.parquet")["clip"])  # kept
+    assert json.loads((target / "manifest.json").read_text())["n_truncated"] == 2
+    assert pd.read_csv(target / "bad_clips.csv").empty
 
 
 def test_strict_fails_and_writes_no_cache(tmp_path, cremad_bad):

@@ -151,6 +151,25 @@ def test_a_crashing_run_stops_nothing_else_and_retries_are_counted(tmp_path):
     assert "retrying crashy synthetic seed 2" in done.stdout
 
 
+def test_run_of_several_methods_survives_a_segfaulting_one(tmp_path):
+    """Issue 15.22: `run -m A,B` without --jobs trained in the CLI process, so a segfaulting method killed
+    the command (rc 139, no message, no failure record) and B never ran. Each run now has its own worker
+    process when there are several; the epochs still show and the crash is recorded."""
+    plugin = tmp_path / "crashy.py"
+    plugin.write_text(CRASHY)
+    out = tmp_path / "results"
+    sets = [arg for key, value in SMALL.items() for arg in ("--set", f"{key}={value}")]
+    done = subprocess.run(mmbench("run", "-m", "crashy,joint", "--seeds", "1", "--out", str(out), "--plugin",
+                                  str(plugin), *sets, "--epochs", "1"), capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CRASHY_MARKER": str(tmp_path / "marker")})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert read_runs(out)["method"].tolist() == ["joint"]  # the method after the crash still ran
+    failed = json.loads(next(out.glob("failed/*/method=crashy/*.json")).read_text())
+    assert "SIGSEGV" in failed["worker"]
+    assert "failed: crashy seed 1" in done.stderr and "1 of 2 runs failed" in done.stderr
+    assert "joint seed 1: test acc" in done.stdout and "epoch 1/1" in done.stdout  # the worker's epoch lines
+
+
 def _wait_for(predicate, timeout=300.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -215,8 +234,13 @@ def test_two_sweeps_on_one_folder_run_each_run_once(tmp_path):
     out = tmp_path / "results"
     sweeps = [subprocess.Popen(mmbench("sweep", str(path), "--out", str(out), "--jobs", "1"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    summaries = []
     for sweep in sweeps:
-        sweep.communicate(timeout=600)
+        stdout, _ = sweep.communicate(timeout=600)
         assert sweep.returncode == 0
+        summaries.append(re.search(r"sweep: (\d+) runs finished now, (\d+) were already done, 0 failed", stdout))
     trainings = sum(log.read_text().count("worker end") for log in (out / "logs").glob("*.log"))
     assert trainings == 3 and len(_finished(out)) == 3
+    # issue 15.23: each sweep counted the other's runs as its own; now the two say 3 trainings in all
+    assert all(summaries), summaries
+    assert sum(int(m[1]) for m in summaries) == 3 and all(int(m[1]) + int(m[2]) == 3 for m in summaries)

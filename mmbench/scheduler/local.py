@@ -26,6 +26,7 @@ from mmbench.cpus import default_threads
 from mmbench.results import is_done, run_paths
 from mmbench.scheduler import Event, Running, SweepSummary, Tick, label
 from mmbench.scheduler.worker import (
+    DONE_ELSEWHERE,
     LOCKED_ELSEWHERE,
     PARENT_ENV,
     describe_exit,
@@ -103,7 +104,7 @@ class LocalScheduler:
         running: dict[int, Task] = {}
         try:
             while pending or running:
-                self._launch(pending, running)
+                self._launch(pending, running, summary)
                 self._reap(pending, running, summary)
                 if on_tick:
                     on_tick(summary, [Running(t.cfg, self.where(s), t.started) for s, t in running.items()])
@@ -113,7 +114,7 @@ class LocalScheduler:
             self._stop(running)
         return summary
 
-    def _launch(self, pending: deque[Task], running: dict[int, Task]) -> None:
+    def _launch(self, pending: deque[Task], running: dict[int, Task], summary: SweepSummary) -> None:
         free = [i for i in range(len(self.slots.devices)) if i not in running]
         now = time.time()
         for _ in range(len(pending)):
@@ -124,7 +125,8 @@ class LocalScheduler:
                 pending.append(task)
                 continue
             if is_done(run_paths(self.out, task.cfg)):
-                continue  # finished meanwhile by another sweep
+                summary.skipped += 1  # finished meanwhile by another sweep: not this one's to count as done
+                continue
             slot = free.pop(0)
             self._start(task, slot)
             running[slot] = task
@@ -157,6 +159,8 @@ class LocalScheduler:
                 summary.done += 1
                 summary.durations.append(time.time() - task.started)
                 self.on_event(f"done {task.label}")
+            elif code == DONE_ELSEWHERE:  # another sweep finished it before this worker got its lock
+                summary.skipped += 1
             elif code == LOCKED_ELSEWHERE:
                 task.not_before = time.time() + 2.0  # look again later: done there, or free to run
                 pending.append(task)

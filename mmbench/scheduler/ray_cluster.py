@@ -16,7 +16,15 @@ from typing import Any
 from mmbench.config import RunConfig
 from mmbench.results import is_done, run_paths
 from mmbench.scheduler import Event, Running, SweepSummary, Tick, label, missing_extra
-from mmbench.scheduler.worker import LOCKED_ELSEWHERE, describe_exit, log_path, record_failure, run_worker, write_spec
+from mmbench.scheduler.worker import (
+    DONE_ELSEWHERE,
+    LOCKED_ELSEWHERE,
+    describe_exit,
+    log_path,
+    record_failure,
+    run_worker,
+    write_spec,
+)
 
 
 def ray_worker(spec: str, out: str, log: str) -> tuple[int, str]:
@@ -98,9 +106,15 @@ class RayScheduler:
             summary.durations.append(time.time() - started)
             self.on_event(f"done {label(cfg)} on {node}")
             return None
+        if code == DONE_ELSEWHERE:  # another sweep finished it first
+            summary.skipped += 1
+            return None
         if code == LOCKED_ELSEWHERE:
             time.sleep(1.0)
-            return None if is_done(run_paths(self.out, cfg)) else cfg
+            if is_done(run_paths(self.out, cfg)):
+                summary.skipped += 1
+                return None
+            return cfg
         attempts[cfg.run_id] = attempts.get(cfg.run_id, 0) + 1
         if attempts[cfg.run_id] <= self.retries:
             self.on_event(f"retrying {label(cfg)} after it {reason} (attempt {attempts[cfg.run_id] + 1})")

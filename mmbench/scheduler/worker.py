@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import IO, Any
 
 LOCKED_ELSEWHERE = 75  # exit status: another sweep is running this run
+DONE_ELSEWHERE = 76  # exit status: the run was finished (by another process) when the worker took its lock
+EXIT_STATUS = {"trained": 0, "done": DONE_ELSEWHERE, "failed": 1, "locked": LOCKED_ELSEWHERE}
 PARENT_ENV = "MMBENCH_PARENT_PID"
+TERMINAL_ENV = "MMBENCH_WORKER_TERMINAL"  # set by `mmbench run`: the worker shows its epochs to the user
 
 
 def lock_path(out: Path, run_id: str) -> Path:
@@ -130,11 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from mmbench.config import RunConfig
-    from mmbench.progress import PlainReporter
+    from mmbench.progress import PlainReporter, make_reporter
     from mmbench.registry import load_plugins
 
     load_plugins(spec.get("plugins") or None)
     cfg = RunConfig(**spec["config"])
+    if os.environ.get(TERMINAL_ENV) == "1":  # `mmbench run` shows this run's epochs as it does in-process
+        reporter = make_reporter(Console())
+        try:
+            outcome = execute(cfg, Path(out), reporter, announce_lock=False)
+        finally:
+            getattr(reporter, "close", lambda: None)()
+        return EXIT_STATUS[outcome]
     print(f"worker start {time.time():.3f} run {cfg.run_id} {cfg.method} seed {cfg.seed} pid {os.getpid()} "
           f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')} threads {cfg.num_threads}", flush=True)
     outcome = execute(cfg, Path(out), PlainReporter(Console(highlight=False, width=200)))
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker end {time.time():.3f}", flush=True)
     elif outcome == "done":
         print("already done", flush=True)
-    return {"trained": 0, "done": 0, "failed": 1, "locked": LOCKED_ELSEWHERE}[outcome]
+    return EXIT_STATUS[outcome]
 
 
 if __name__ == "__main__":
