@@ -28,9 +28,9 @@ def out(tmp_path):
     return tmp_path / "results"
 
 
-def train_steps(cfg: RunConfig, steps: int):
-    """Build the method's model from the seed and run `steps` training steps; returns
-    (initial state, trained model, context), for tests that look inside a model."""
+def training_setup(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
+    """What the engine builds before the first epoch, on the CPU: (dataset, splits, context, model,
+    optimizer); the context holds the method, optimizer and training split as handles for tests."""
     import torch
 
     from mmbench import engine
@@ -43,9 +43,17 @@ def train_steps(cfg: RunConfig, steps: int):
     ctx = RunContext(cfg, len(dataset.classes), device, engine.make_generators(cfg.seed, device))
     method = METHODS.get(cfg.method)(ctx)
     model = engine.build_model(method, ctx)
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
-    ctx.optimizer, ctx.method, ctx.train = optimizer, method, splits.train  # handles for the tests
+    ctx.optimizer, ctx.method, ctx.train = optimizer, method, splits.train
+    return dataset, splits, ctx, model, optimizer
+
+
+def train_steps(cfg: RunConfig, steps: int):
+    """Build the method's model from the seed and run `steps` training steps; returns
+    (initial state, trained model, context), for tests that look inside a model."""
+    dataset, splits, ctx, model, optimizer = training_setup(cfg)
+    method = ctx.method
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     done = 0
     while done < steps:
         for batch in splits.train.batches(cfg.batch_size, ctx.generator("order")):

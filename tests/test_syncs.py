@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from mmbench import engine
-from mmbench.method import RunContext
-from mmbench.registry import DATASETS, METHODS
+from mmbench.registry import METHODS
 
-from .conftest import tiny_config
+from .conftest import tiny_config, training_setup
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
@@ -50,14 +49,8 @@ def _epoch_reads(method_name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int
     """(host reads, steps, what was read) in the second training epoch (past every method's warm-up on
     this config), the epoch-end read of its sums excluded."""
     cfg = tiny_config(method_name, **({"modality": "audio"} if method_name == "unimodal" else {}))
-    device = torch.device("cpu")
-    dataset = DATASETS.get(cfg.dataset)(cfg)
-    splits = engine.load_splits(dataset, cfg)
-    ctx = RunContext(cfg, len(dataset.classes), device, engine.make_generators(cfg.seed, device))
-    method = METHODS.get(cfg.method)(ctx)
-    model = engine.build_model(method, ctx)
-    optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
-    ctx.optimizer, ctx.method, ctx.train = optimizer, method, splits.train
+    dataset, splits, ctx, model, optimizer = training_setup(cfg)
+    method = ctx.method
     ctx.epoch = 1
     method.on_epoch_start(model, ctx)
     reads = HostReads(monkeypatch)
