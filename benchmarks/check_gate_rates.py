@@ -139,15 +139,16 @@ def main() -> None:
 
         kept = json.loads(args.pool_file.read_text()) if methods else {"pool": {}, "twins": {}}
         args.pool_file.parent.mkdir(parents=True, exist_ok=True)
-        args.pool_file.write_text(json.dumps({"suite": "ci", "settings": check.SUITES["ci"]["settings"],
+        args.pool_file.write_text(json.dumps({"suite": "ci", "settings": check.suite_settings("ci"),
                                               "selection": check.SELECTION,
                                               "twins_env": {"ATEN_CPU_CAPABILITY": "default"},
                                               "pool": {**kept["pool"], **as_json(pool)},
                                               "twins": {**kept["twins"], **as_json(twins)}}) + "\n")
     data = json.loads(args.pool_file.read_text())
     results = {scenario: rates(data, scenario, trials=args.trials) for scenario in ("fresh", "numerics")}
-    print(f"baseline: seeds 0-{check.N_REF - 1}; CI: {check.N_CI} seeds per method (more where the suite says: "
-          f"{check.SUITES['ci'].get('ci_seeds', {})}); margin {check.MARGIN * 100:g} pp; "
+    more = {m: check.ci_seed_count("ci", m) for m in data["pool"] if check.ci_seed_count("ci", m) != check.N_CI}
+    print(f"baseline: seeds 0-{check.N_REF - 1}; CI: {check.N_CI} seeds per method (more where a method says: "
+          f"{more}); margin {check.MARGIN * 100:g} pp; "
           f"alpha_family {check.ALPHA_FAMILY}; {args.trials} simulated CI runs per scenario")
     print(f"{'method':10s} {'median %':>9s} {'SD pp':>6s} {'twin-diff SD':>13s} | {'false alarms':>12s} "
           f"{'caught -2pp':>11s} (fresh) | {'false alarms':>12s} {'caught -2pp':>11s} (numerics change)")

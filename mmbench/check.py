@@ -52,16 +52,13 @@ BASELINES = Path(__file__).parent / "baselines"
 # The `ci` suite: every registered method on a synthetic problem small enough for one CPU thread
 # (about 6 s per run) and trained until most methods converge (joint about 96 %, chance 17 %), so
 # that seeds spread by about half a point and a 2-point drop stands out from 5 of them
-# (docs/statistics.md). The learning rate falls 5x after epoch 7. `arm` leaves chance later than the
-# others (its seeds still spread by 3.8 pp after 10 epochs), so it trains twice as long.
+# (docs/statistics.md). The learning rate falls 5x after epoch 7. A method that needs more (arm)
+# says so in its `check_suite`.
 SUITES: dict[str, dict[str, Any]] = {
     "ci": {"dataset": "synthetic", "settings": {
         "n_train": 1600, "n_test": 3000, "audio_size": 12, "image_size": 12, "visual_strength": 1.5,
         "epochs": 10, "lr_step": 7, "batch_size": 32, "encoder_width": 8, "num_threads": 1,
-        "deterministic": True, "device": "cpu", "arm.epochs": 20, "arm.lr_step": 14},
-        # Even so arm's seeds spread by 1.7 pp (left-skewed, 92.7-98.5 % over 60 seeds), against 0.2-0.9 pp
-        # for the others: a CI run draws 12 of its seeds (docs/statistics.md).
-        "ci_seeds": {"arm": 12}},
+        "deterministic": True, "device": "cpu"}},
 }
 # The gate reads the final model's predictions: picking the best epoch on the small validation split
 # adds a selection noise of its own. Over seeds 0-19 rerun under another CPU capability, a rerun moved
@@ -106,7 +103,18 @@ def environment(threads: int) -> dict[str, str]:
 
 def ci_seed_count(suite: str, method: str) -> int:
     """Seeds per method in a CI run of the suite (N_CI, or more for a method whose seeds spread widely)."""
-    return SUITES[suite].get("ci_seeds", {}).get(method, N_CI)
+    return METHODS.get(method).check_suite.get("ci_seeds", N_CI)
+
+
+def _method_settings(method: str) -> dict[str, Any]:
+    return {k: v for k, v in METHODS.get(method).check_suite.items() if k != "ci_seeds"}
+
+
+def suite_settings(suite: str) -> dict[str, Any]:
+    """The suite's settings as a baseline records them: with each method's own (`arm.epochs`), so that
+    a change to a method's `check_suite` invalidates the baseline."""
+    return {**SUITES[suite]["settings"],
+            **{f"{m}.{k}": v for m in METHODS.names() for k, v in _method_settings(m).items()}}
 
 
 def suite_configs(suite: str, seeds: list[int] | None, methods: list[str] | None = None,
@@ -117,11 +125,13 @@ def suite_configs(suite: str, seeds: list[int] | None, methods: list[str] | None
     spec = SUITES[suite]
     names = methods or METHODS.names()
     overrides = overrides or {}
-    # A key the user sets for every method also replaces the suite's value for one method.
-    suite_settings = {k: v for k, v in spec["settings"].items() if k.partition(".")[2] not in overrides}
-    settings = {**suite_settings, **overrides}
-    return {m: expand([m], spec["dataset"], list(range(ci_seed_count(suite, m))) if seeds is None else seeds,
-                      "benchmark", settings) for m in names}
+    configs = {}
+    for m in names:
+        # A key the user sets for every method also replaces the method's own suite value.
+        own = {k: v for k, v in _method_settings(m).items() if k not in overrides}
+        configs[m] = expand([m], spec["dataset"], list(range(ci_seed_count(suite, m))) if seeds is None else seeds,
+                            "benchmark", {**spec["settings"], **own, **overrides})
+    return configs
 
 
 def run_suite(configs: dict[str, list[RunConfig]], out: Path, on_run: Callable[[RunConfig, str], None]
@@ -210,7 +220,7 @@ def baseline_payload(suite: str, results: dict[str, list[SeedResult]], configs: 
             "hparams": cfg["hparams"],
         }
     return {"format": FORMAT_VERSION, "suite": suite, "dataset": SUITES[suite]["dataset"],
-            "settings": SUITES[suite]["settings"], "environment": env, "alpha_family": ALPHA_FAMILY,
+            "settings": suite_settings(suite), "environment": env, "alpha_family": ALPHA_FAMILY,
             "margin": MARGIN, "selection": SELECTION,
             "test": "rank-sum permutation and paired t; Bonferroni in a method, Holm over methods",
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -233,7 +243,7 @@ def load_baseline(folder: Path, suite: str) -> dict[str, Any]:
     if data.get("suite") != suite:
         raise ConfigError(f"--baseline: {path} is for suite {data.get('suite')!r}, not {suite!r}; pass "
                           f"--suite {data.get('suite')} or {hint}")
-    if data.get("settings") != SUITES[suite]["settings"]:
+    if data.get("settings") != suite_settings(suite):
         raise ConfigError(f"--baseline: {path} was made with other {suite} suite settings; {hint}")
     return data
 

@@ -104,6 +104,9 @@ class Method(Plugin):
     #: A reference point rather than a contender (e.g. one modality alone): reports show it but do
     #: not mark it best.
     reference: ClassVar[bool] = False
+    #: What `mmbench check`'s suites need on top of their settings for this method to converge (e.g.
+    #: {"epochs": 20}), and "ci_seeds": how many seeds a CI run draws when its seeds spread widely.
+    check_suite: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, ctx: RunContext) -> None:
         self.hp = ctx.cfg.hparams
