@@ -40,7 +40,8 @@ class KineticsSounds(PreparedDataset):
     name = "kinetics-sounds"
     description = "Kinetics-Sounds (31 Kinetics-400 classes, ~17k 10-s clips) from disk; prepare once."
     citation = "Arandjelovic & Zisserman, Look, Listen and Learn, ICCV 2017"
-    version = 1
+    # 2: training crops drawn with torchvision's retries and central fallback (they were shrunk to fit)
+    version = 2
     layouts = ("ogm-ge", "balancebench", "amss", "raw")
     default_frontend = "fbank"
     root_names = ("kinetics-sounds", "KineticSound", "kinetics_sounds", "KS")

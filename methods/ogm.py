@@ -21,7 +21,7 @@ from torch import nn
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
 from mmbench.methods.joint import OGM_GE_RECIPE
-from mmbench.metrics import modality_scores
+from mmbench.metrics import true_class_score
 from mmbench.models import Outputs
 from mmbench.registry import register_method
 
@@ -35,20 +35,23 @@ JOURNAL_RECIPE = {
 }
 
 
-def modulation_coefficients(score_a: float, score_v: float, alpha: float,
-                            tie_slows: str = "audio") -> tuple[float, float]:
-    """(k_a, k_v): only the dominant modality is slowed, k = 1 - tanh(alpha * rho). At an exact tie
-    each code's `else` branch decides: the CVPR code (`main.py` ~119-124, `ratio_v > 1` else audio)
-    slows audio, the journal code (`code/main.py` ~138-148, `radio_1 > 1` else visual) slows visual.
-    With both scores 0 nothing is known and nothing is slowed."""
-    if score_a == 0 and score_v == 0:
-        return 1.0, 1.0
-    if score_a == score_v:
-        k = 1.0 - math.tanh(alpha)
-        return (k, 1.0) if tie_slows == "audio" else (1.0, k)
-    if score_v > score_a:
-        return 1.0, 1.0 - math.tanh(alpha * (score_v / score_a if score_a > 0 else math.inf))
-    return 1.0 - math.tanh(alpha * (score_a / score_v if score_v > 0 else math.inf)), 1.0
+def modulation_coefficients(score_a: torch.Tensor | float, score_v: torch.Tensor | float, alpha: float,
+                            tie_slows: str = "audio") -> tuple[torch.Tensor, torch.Tensor]:
+    """(k_a, k_v) as float64 tensors on the scores' device, computed there (no host read): only the
+    dominant modality is slowed, k = 1 - tanh(alpha * rho). At an exact tie each code's `else` branch
+    decides: the CVPR code (`main.py` ~119-124, `ratio_v > 1` else audio) slows audio, the journal code
+    (`code/main.py` ~138-148, `radio_1 > 1` else visual) slows visual. With both scores 0 nothing is
+    known and nothing is slowed. float64 as the official code's Python floats; a zero score gives an
+    infinite ratio and k = 0, as there."""
+    a = torch.as_tensor(score_a).double()
+    v = torch.as_tensor(score_v).double().to(a.device)
+    tie = a == v
+    nothing = tie & (a == 0)
+    slows_a = ((a > v) | (tie & (tie_slows == "audio"))) & ~nothing
+    slows_v = ((v > a) | (tie & (tie_slows != "audio"))) & ~nothing
+    one = torch.ones((), dtype=torch.float64, device=a.device)
+    return (torch.where(slows_a, 1.0 - torch.tanh(alpha * (a / v)), one),
+            torch.where(slows_v, 1.0 - torch.tanh(alpha * (v / a)), one))
 
 
 def modulated_parameters(encoder: nn.Module, scope: str) -> list[nn.Parameter]:
@@ -58,20 +61,24 @@ def modulated_parameters(encoder: nn.Module, scope: str) -> list[nn.Parameter]:
     return [p for p in encoder.parameters() if p.grad is not None and p.grad.dim() >= min_dim]
 
 
-def modulate_gradients(params: list[nn.Parameter], k: float, generator: torch.Generator | None) -> None:
-    """g <- k * g, plus N(0, (std(g) + 1e-8)^2) noise of the un-modulated g when a generator is given."""
+def modulate_gradients(params: list[nn.Parameter], k: torch.Tensor | float, generator: torch.Generator | None) -> None:
+    """g <- k * g, plus N(0, (std(g) + 1e-8)^2) noise of the un-modulated g when a generator is given
+    (`main.py` ~130-140: `grad * coeff + zeros_like(grad).normal_(0, grad.std().item() + 1e-8)`). The std
+    stays on the device; the noise is scaled, then added, as normal_ does."""
     for p in params:
-        if generator is None:
-            p.grad.mul_(k)
-            continue
-        std = p.grad.std().item() + 1e-8
-        noise = torch.randn(p.grad.shape, generator=generator, device=p.grad.device, dtype=p.grad.dtype)
-        p.grad.mul_(k).add_(noise, alpha=std)
+        std = p.grad.std().double() + 1e-8 if generator is not None else None
+        p.grad.mul_(k)
+        if std is not None:
+            noise = torch.randn(p.grad.shape, generator=generator, device=p.grad.device, dtype=p.grad.dtype)
+            p.grad.add_(noise.mul_(std))
 
 
 @register_method
 class OGMGE(Method):
     name = "ogm-ge"
+    # 2: the GE noise is scaled by its std on the device, then added (as normal_), not added with the std as
+    # a host float (a fused multiply-add): the last bit of some gradients changed
+    version = 2
     description = "On-the-fly gradient modulation with generalisation enhancement (gradient noise)."
     citation = "Peng, Wei, Deng, Wang, Hu. Balanced Multimodal Learning via On-the-fly Gradient " \
                "Modulation. CVPR 2022, arXiv 2203.15332"
@@ -99,10 +106,11 @@ class OGMGE(Method):
 
     def after_backward(self, model: nn.Module, out: Outputs, batch: Batch, ctx: RunContext) -> None:
         y = out.targets(batch.y)
-        score_a, score_v = modality_scores(out.logits_a, out.logits_v, y)
+        score_a, score_v = (true_class_score(logits.detach(), y).double() for logits in (out.logits_a, out.logits_v))
         k_a, k_v = modulation_coefficients(score_a, score_v, self.hp["alpha"], self.tie_slows)
         active = self.active(ctx.epoch)
-        ctx.log(rho=score_a / score_v if score_v else math.inf, k_a=k_a, k_v=k_v, modulated=float(active))
+        rho = torch.where(score_v == 0, math.inf, score_a / score_v)
+        ctx.log(rho=rho, k_a=k_a, k_v=k_v, modulated=float(active))
         if not active:
             return
         noise = ctx.generator("method") if self.hp["ge"] else None

@@ -5,7 +5,9 @@ probability that grows with the batch's score ratio, so the fused prediction mus
 the weak modality. Per batch, after a warm-up:
   r_m = tanh(relu(s_m / s_other - 1)),  q_m = clip(q_base * (1 + lam * r_m), 0, 1) if r_m > 0 else 0
   with probability p_exe: mask_m ~ Bernoulli(1 - q_m) per sample, features * mask_m / (1 - theta),
-  theta = sum_m d_m q_m / sum_m d_m; samples with every modality dropped leave the loss.
+  theta = sum_m d_m q_m / sum_m d_m. The journal code also removes the samples that lose every modality
+  from the loss; under this rule only the dominant modality has q > 0, so none ever does, and mmbench
+  keeps every sample (removing them would read the device each step).
 Inference never drops. Scores come from the fusion head's per-modality logits (W_m f_m + b/2), as
 the journal code's detached copy of the fusion weights.
 
@@ -52,17 +54,14 @@ def detached_head_scores(fusion: nn.Module, feat_a: torch.Tensor, feat_v: torch.
 
 
 def drop_features(feat_a: torch.Tensor, feat_v: torch.Tensor, mask_a: torch.Tensor, mask_v: torch.Tensor,
-                  q_a: float, q_v: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masked features rescaled by 1 / (1 - theta), and the samples that keep any modality."""
+                  q_a: torch.Tensor | float, q_v: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked features rescaled by 1 / (1 - theta), theta = (d_a q_a + d_v q_v) / (d_a + d_v) in float64
+    as the code's Python floats. theta < 1: only one q is ever non-zero (drop_probability_tensor)."""
     dim_a, dim_v = feat_a.shape[1], feat_v.shape[1]
-    theta = (dim_a * q_a + dim_v * q_v) / (dim_a + dim_v)
-    if theta >= 1:
-        raise ValueError(f"drop probabilities q_a={q_a}, q_v={q_v} would drop every feature")
-    scale = 1.0 / (1.0 - theta)
-    keep = mask_a | mask_v
-    dropped_a = feat_a * mask_a[:, None].to(feat_a.dtype) * scale
-    dropped_v = feat_v * mask_v[:, None].to(feat_v.dtype) * scale
-    return dropped_a[keep], dropped_v[keep], keep
+    q_a, q_v = torch.as_tensor(q_a).double(), torch.as_tensor(q_v).double()
+    scale = 1.0 / (1.0 - (dim_a * q_a + dim_v * q_v) / (dim_a + dim_v))
+    return (feat_a * mask_a[:, None].to(feat_a.dtype) * scale.to(feat_a.device),
+            feat_v * mask_v[:, None].to(feat_v.dtype) * scale.to(feat_v.device))
 
 
 @register_method
@@ -72,7 +71,8 @@ class OPM(Method):
                    "(theta_grad=official adds the released backward's extra encoder gradient).")
     citation = "Wei, Hu, Du, Wen. On-the-fly Modulation for Balanced Multimodal Learning. " \
                "TPAMI 2024, arXiv 2410.11582"
-    version = 2
+    # 3: every modulated batch draws its masks (also when not executed), so that no step reads the device
+    version = 3
     hparams = {"q_base": 0.5, "lam": 0.5, "p_exe": 0.7, "warmup_epochs": 6, "theta_grad": "none"}
     choices = {"theta_grad": ("none", "official")}
     help = {
@@ -95,32 +95,27 @@ class OPM(Method):
     def forward(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
         self.theta = None
         feat_a, feat_v = model.encode(batch.audio, batch.visual)
-        out = model.fusion(feat_a, feat_v)
         if ctx.epoch < self.hp["warmup_epochs"]:
-            return out
+            return model.fusion(feat_a, feat_v)
         official = self.hp["theta_grad"] == "official"
         with torch.set_grad_enabled(official and torch.is_grad_enabled()):
             scores = detached_head_scores(model.fusion, feat_a, feat_v, batch.y)
             q = drop_probability_tensor(*scores, self.hp["q_base"], self.hp["lam"])
-        q_a, q_v = q.tolist()
+        # Everything stays on the device: a batch that is not executed draws its masks too and drops
+        # with q = 0 (all kept, scale 1), which equals the un-modulated forward.
         generator = ctx.generator("method")
-        executed = torch.rand((), generator=generator, device=generator.device).item() < self.hp["p_exe"]
-        ctx.log(q_a=q_a, q_v=q_v, executed=float(executed))
-        if not executed or (q_a == 0 and q_v == 0):
-            ctx.log(dropped_a=0.0, dropped_v=0.0)
-            return out
+        executed = torch.rand((), generator=generator, device=generator.device) < self.hp["p_exe"]
+        q_drop = torch.where(executed.to(q.device), q.detach(), torch.zeros_like(q))
         n = len(batch)
-        mask_a = torch.rand(n, generator=generator, device=generator.device) >= q_a
-        mask_v = torch.rand(n, generator=generator, device=generator.device) >= q_v
-        ctx.log(dropped_a=1 - mask_a.float().mean(), dropped_v=1 - mask_v.float().mean())  # read at epoch end
-        dropped_a, dropped_v, keep = drop_features(feat_a, feat_v, mask_a.to(feat_a.device),
-                                                   mask_v.to(feat_a.device), q_a, q_v)
+        mask_a, mask_v = ((torch.rand(n, generator=generator, device=generator.device) >= q_m).to(feat_a.device)
+                          for q_m in q_drop.to(generator.device))
+        ctx.log(q_a=q[0].detach(), q_v=q[1].detach(), executed=executed.float(),
+                dropped_a=1 - mask_a.float().mean(), dropped_v=1 - mask_v.float().mean())  # read at epoch end
+        dropped_a, dropped_v = drop_features(feat_a, feat_v, mask_a, mask_v, q_drop[0], q_drop[1])
         if official:
             dim_a, dim_v = feat_a.shape[1], feat_v.shape[1]
-            self.theta = (dim_a * q[0] + dim_v * q[1]) / (dim_a + dim_v)
-        modulated = model.fusion(dropped_a, dropped_v)
-        modulated.keep = keep
-        return modulated
+            self.theta = (dim_a * q[0] + dim_v * q[1]) / (dim_a + dim_v) * executed.to(q.dtype)
+        return model.fusion(dropped_a, dropped_v)
 
     def loss(self, out: Outputs, batch: Batch, ctx: RunContext) -> torch.Tensor:
         loss = super().loss(out, batch, ctx)

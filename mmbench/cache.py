@@ -437,6 +437,20 @@ class CacheStore:
         self.frame_start = torch.tensor(self.index["frame_start"].to_numpy(np.int64))
         self.frame_count = torch.tensor(self.index["frame_count"].to_numpy(np.int64))
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.audio.nbytes + self.frames.nbytes)
+
+    @property
+    def resident(self) -> bool:
+        return isinstance(self.audio, torch.Tensor)
+
+    def to_device(self, device: torch.device) -> None:
+        """Read the arrays once into `device` memory; batches are then gathered there (`index_select`)
+        instead of being copied out of the memory map by the host, one batch at a time."""
+        self.audio = torch.from_numpy(np.array(self.audio)).to(device)  # a copy: the map is read-only
+        self.frames = torch.from_numpy(np.array(self.frames)).to(device)
+
 
 def pick_frames(count: torch.Tensor, frames: int, generator: torch.Generator | None) -> torch.Tensor:
     """(B, frames) frame numbers by segment sampling: each clip's candidates are cut into
@@ -482,6 +496,9 @@ class CachedSplit:
         return Batch(audio, visual, self.y[rows], rows)
 
 
-def _gather(array: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
-    """array[rows] as a tensor: one copy out of the memory map (the page cache after the first epoch)."""
+def _gather(array: np.ndarray | torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """array[rows] as a tensor: one copy out of the memory map (the page cache after the first epoch), or
+    a gather on the device that holds the array."""
+    if isinstance(array, torch.Tensor):
+        return array.index_select(0, rows.to(array.device, non_blocking=True))
     return torch.from_numpy(array[rows.numpy()])

@@ -103,11 +103,11 @@ def environment(threads: int) -> dict[str, str]:
 
 def ci_seed_count(suite: str, method: str) -> int:
     """Seeds per method in a CI run of the suite (N_CI, or more for a method whose seeds spread widely)."""
-    return METHODS.get(method).check_suite.get("ci_seeds", N_CI)
+    return METHODS.info(method).check_suite.get("ci_seeds", N_CI)
 
 
 def _method_settings(method: str) -> dict[str, Any]:
-    return {k: v for k, v in METHODS.get(method).check_suite.items() if k != "ci_seeds"}
+    return {k: v for k, v in METHODS.info(method).check_suite.items() if k != "ci_seeds"}
 
 
 def suite_settings(suite: str) -> dict[str, Any]:

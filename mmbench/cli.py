@@ -122,7 +122,7 @@ def _listing(which: str) -> list[dict[str, Any]]:
              "choices": {k: list(v) for k, v in cls.choices.items()}, "help": cls.help,
              **({"dataset_hparams": cls.dataset_hparams, "profiles": cls.profiles} if which == "methods"
                 else {"defaults": cls.defaults})}
-            for name, cls in registry.items()]
+            for name, cls in registry.infos()]
 
 
 def _core_table() -> Table:
@@ -142,7 +142,7 @@ def _registry_table(which: str) -> Table:
     knob_header = "hyperparameters (default)" if which == "methods" else "settings (default)"
     for column in ("name", "description", "citation", knob_header):
         table.add_column(column, overflow="fold")
-    for name, cls in registry.items():
+    for name, cls in registry.infos():
         knobs = cls.hparams if which == "methods" else cls.params
         table.add_row(*(escape(text) for text in (name, cls.description, cls.citation,
                                                   _describe_knobs(cls, knobs))))
@@ -228,7 +228,7 @@ def run_command(
     slurm|ray) go through the same scheduler as `mmbench sweep`."""
     try:
         load_plugins(plugin)
-        if data_root is not None and "root" not in DATASETS.get(dataset or "synthetic").params:
+        if data_root is not None and "root" not in DATASETS.info(dataset or "synthetic").params:
             raise ConfigError(f"--data-root: dataset {dataset or 'synthetic'} is generated in memory and reads "
                               "no files; drop --data-root")
         extra = [f"root={data_root}"] if data_root is not None else []
@@ -353,10 +353,11 @@ def _print_configs(configs: list[RunConfig], given: dict[str, Any], source: str,
 
 def _check_data(cfg: RunConfig) -> None:
     """A dataset on disk must be prepared before any run starts (one clear error, not N failed runs)."""
-    from mmbench.prepared import PreparedDataset
-
     cls = DATASETS.get(cfg.dataset)
-    if issubclass(cls, PreparedDataset):
+    # a dataset read from disk imported mmbench.prepared (and PyAV, scipy) with its module; a generated one
+    # must not pay 4 s for them
+    prepared = sys.modules.get("mmbench.prepared")
+    if prepared is not None and issubclass(cls, prepared.PreparedDataset):
         cls(cfg).locate()
 
 
@@ -689,7 +690,7 @@ def fixtures_command(
     from mmbench import fixtures
 
     try:
-        name = DATASETS.get(dataset).name
+        name = DATASETS.info(dataset).name
         if name not in fixtures.LAYOUTS or layout not in fixtures.LAYOUTS[name]:
             known = {d: ", ".join(v) for d, v in fixtures.LAYOUTS.items()}
             raise ConfigError(f"--layout {layout}: layouts for {name}: {known.get(name, 'none')}")

@@ -66,6 +66,7 @@ class RunConfig:
     device: str = "auto"
     num_threads: int = 0
     log: str = "none"
+    checkpoint_every_s: float = 60.0
     hparams: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -76,13 +77,13 @@ class RunConfig:
         """The part of the config that decides the numbers (hashed into run_id)."""
         identity = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
         # Where the data lives (a path on this machine) does not change what a run computes.
-        location = getattr(DATASETS.get(self.dataset), "location_params", ())
+        location = getattr(DATASETS.info(self.dataset), "location_params", ())
         identity["data"] = {k: v for k, v in self.data.items() if k not in location}
         return identity
 
     def code_version(self) -> str:
-        method = METHODS.get(self.method)
-        dataset = DATASETS.get(self.dataset)
+        method = METHODS.info(self.method)
+        dataset = DATASETS.info(self.dataset)
         return f"engine{ENGINE_VERSION}/{method.name}@{method.version}/{dataset.name}@{dataset.version}"
 
     @property
@@ -96,7 +97,7 @@ class RunConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-EXECUTION_KEYS = frozenset({"device", "num_threads", "log"})
+EXECUTION_KEYS = frozenset({"device", "num_threads", "log", "checkpoint_every_s"})
 FIXED_KEYS = frozenset({"method", "dataset", "seed", "hparams", "data"})
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in FIXED_KEYS}
 _CORE_TYPES = typing.get_type_hints(RunConfig)
@@ -109,6 +110,7 @@ CORE_RANGES: dict[str, tuple[float, float, bool]] = {
     "lr": (0, math.inf, False), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
     "lr_step": (1, math.inf, True), "lr_gamma": (0, 1, False), "encoder_width": (1, math.inf, True),
     "val_fraction": (0, 0.9, False), "split_seed": (0, math.inf, True), "num_threads": (0, math.inf, True),
+    "checkpoint_every_s": (0, math.inf, True),
 }
 
 
@@ -127,6 +129,9 @@ CORE_HELP: dict[str, str] = {
     "device": "auto, cpu, cuda or cuda:N (not part of the run's identity)",
     "num_threads": "CPU threads; 0 = the cores this process may use, at most 8 (not part of the run's identity)",
     "log": "also log to none, tensorboard, wandb or mlflow (several with commas; not part of the run's identity)",
+    "checkpoint_every_s": "write the resume checkpoint after an epoch once this many seconds passed since the last "
+                          "one (0 = every epoch); a resumed run ends identical either way (not part of the run's "
+                          "identity)",
 }
 
 
@@ -272,8 +277,8 @@ def resolve(
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Merge every layer and validate. `overrides` = YAML values, then --set values, in order."""
-    method_cls = METHODS.get(method)
-    dataset_cls = DATASETS.get(dataset)
+    method_cls = METHODS.info(method)
+    dataset_cls = DATASETS.info(dataset)
     profile = coerce("profile", profile, "benchmark", _choices_of(_CORE_TYPES["profile"]))
     core = {name: f.default for name, f in CORE_FIELDS.items() if f.default is not dataclasses.MISSING}
     core["profile"] = profile
@@ -300,8 +305,9 @@ def resolve(
     check_range("seed", seed, 0, math.inf)
     cfg = RunConfig(method=method_cls.name, dataset=dataset_cls.name, seed=seed,
                     hparams=hparams, data=data, **core)
-    method_cls.check_config(cfg)
-    dataset_cls.check_config(cfg)
+    # the checks that are code need the plugins themselves (and torch); every check above does not
+    METHODS.get(method).check_config(cfg)
+    DATASETS.get(dataset).check_config(cfg)
     return cfg
 
 
@@ -362,7 +368,7 @@ def from_stored(config: dict[str, Any]) -> dict[str, Any]:
 def sources(method: str, dataset: str, profile: str, layers: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
     """Which layer set each key last: default, dataset defaults, the method's defaults, the profile,
     then `layers` in order (e.g. the config file, then --set)."""
-    method_cls, dataset_cls = METHODS.get(method), DATASETS.get(dataset)
+    method_cls, dataset_cls = METHODS.info(method), DATASETS.info(dataset)
     found = {name: "default" for name in CORE_FIELDS}
     found.update({k: f"{method_cls.name} default" for k in method_cls.hparams})
     found.update({k: f"{method_cls.name} default for {dataset_cls.name}"
@@ -390,8 +396,8 @@ def expand(
     methods, a bare hyperparameter goes to the methods that have it (or use `method.key`)."""
     configs = []
     for method in methods:
-        others = {k for m in methods if m != method for k in METHODS.get(m).hparams}
-        own = set(METHODS.get(method).hparams) | set(CORE_FIELDS) | set(DATASETS.get(dataset).params)
+        others = {k for m in methods if m != method for k in METHODS.info(m).hparams}
+        own = set(METHODS.info(method).hparams) | set(CORE_FIELDS) | set(DATASETS.info(dataset).params)
         mine = {k: v for k, v in overrides.items() if k in own or k not in others}
         configs += [resolve(method, dataset, s, profile, mine) for s in seeds]
     return configs

@@ -158,6 +158,9 @@ class Dataset(Plugin):
         fingerprint); not part of the run's identity."""
         return {}
 
+    def place(self, device: torch.device) -> None:
+        """Move what the dataset holds to the training device where that pays (default: nothing)."""
+
     def transform(self, batch: Batch, train: bool, generator: torch.Generator) -> Batch:
         """Batch-level augmentation (train) or deterministic preprocessing (eval), on device."""
         return batch

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import dataclasses
 import math
@@ -19,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -58,7 +60,7 @@ from mmbench.results import (  # noqa: E402
     write_run,
     write_text,
 )
-from mmbench.stats import shapley_two  # noqa: E402
+from mmbench.shapley import shapley_two  # noqa: E402
 
 SELECTIONS = ("final", "best_val")
 
@@ -110,9 +112,19 @@ def tune_allocator() -> None:
         pass  # not glibc
 
 
+def set_deterministic_algorithms(mode: bool) -> None:
+    """`torch.use_deterministic_algorithms(mode, warn_only=True)` without its import of torch._inductor
+    (3 s of every run's start-up), which only sets the flag for compiled code; mmbench compiles nothing,
+    and once inductor is imported the public call is used."""
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(mode, warn_only=True)
+
+
 def configure_determinism(cfg: RunConfig) -> int:
     torch.set_num_threads(cfg.num_threads if cfg.num_threads > 0 else DEFAULT_THREADS)
-    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    set_deterministic_algorithms(cfg.deterministic)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     return torch.get_num_threads()
 
@@ -275,11 +287,22 @@ def build_model(method: Method, ctx: RunContext) -> nn.Module:
 
 
 class Checkpoint:
-    """`last.pt` after every epoch, `best.pt` when validation accuracy improves."""
+    """`last.pt` (to resume) after an epoch once `every_s` seconds passed since the last one, and after
+    the final epoch; `best.pt` (the state of the best validation epoch) just before it. In between, the
+    best state is kept as a copy on the training device (no file per improvement), and the files are
+    written on a background thread from a host copy, so training goes on meanwhile. A run killed at any
+    point resumes from its last `last.pt` and ends identical: the epochs after it are recomputed from
+    the same streams, and `best.pt` is never older than the `last.pt` written after it."""
 
-    def __init__(self, paths: RunPaths) -> None:
+    def __init__(self, paths: RunPaths, every_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.dir = paths.checkpoint_dir
         self.run_id = paths.run_id
+        self.every_s, self.clock = every_s, clock
+        self._last_write = clock()
+        self._best: dict[str, Any] | None = None
+        self._best_unwritten = False
+        self._writer: threading.Thread | None = None
+        self._write_error: BaseException | None = None
 
     @property
     def last(self) -> Path:
@@ -301,12 +324,69 @@ class Checkpoint:
         state = torch.load(path, map_location="cpu", weights_only=False)
         return state if state.get("run_id") == self.run_id else None
 
+    def keep_best(self, model: nn.Module, method: Method) -> None:
+        """Copy the model's state into the device-side best state (in place once shapes are known)."""
+        weights = {k: v.detach() for k, v in model.state_dict().items()}
+        kept = self._best["model"] if self._best is not None else {}
+        if kept.keys() == weights.keys() and all(kept[k].shape == v.shape for k, v in weights.items()):
+            torch._foreach_copy_(list(kept.values()), list(weights.values()))
+        else:  # the first time, or a method grew the model
+            kept = {k: v.clone() for k, v in weights.items()}
+        self._best = {"model": kept, "method": _host_copy(method.state_dict())}
+        self._best_unwritten = True
+
+    def best_state(self) -> dict[str, Any] | None:
+        """The best epoch's state: the device copy, or `best.pt` where it came before a resume."""
+        return self._best if self._best is not None else self.load(self.best)
+
+    def due(self) -> bool:
+        return self.clock() - self._last_write >= self.every_s
+
+    def write(self, last_state: dict[str, Any]) -> None:
+        """Write `best.pt` (if it changed) then `last.pt` on a background thread, from host copies."""
+        self.wait()
+        best = _host_copy(self._best) if self._best_unwritten else None
+        last = _host_copy(last_state)
+        self._best_unwritten = False
+        self._writer = threading.Thread(target=self._write, args=(best, last), name="mmbench-checkpoint")
+        self._writer.start()
+        self._last_write = self.clock()
+
+    def _write(self, best: dict[str, Any] | None, last: dict[str, Any]) -> None:
+        try:
+            if best is not None:
+                self.save(self.best, best)
+            self.save(self.last, last)
+        except BaseException as exc:  # noqa: BLE001  (raised in the training thread by wait())
+            self._write_error = exc
+
+    def wait(self) -> None:
+        """Until the background write has finished; raises what it raised."""
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        error, self._write_error = self._write_error, None
+        if error is not None:
+            raise error
+
     def remove(self) -> None:
+        self.wait()
         for path in (self.last, self.best):
             path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.dir.rmdir()
             self.dir.parent.rmdir()  # the .checkpoints folder, once no run has one
+
+
+def _host_copy(state: Any) -> Any:
+    """A copy of a (nested) state on the CPU that later training steps cannot change."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _host_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_host_copy(v) for v in state)
+    return copy.deepcopy(state)
 
 
 def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -367,6 +447,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
 
     dataset = DATASETS.get(cfg.dataset)(cfg)
     splits = load_splits(dataset, cfg)
+    dataset.place(device)
     steps = math.ceil(len(splits.train) / cfg.batch_size)
     ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps, val=splits.val)
     ctx.infer = lambda model, split, forward=None: infer(
@@ -374,7 +455,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     method: Method = METHODS.get(cfg.method)(ctx)
     model = build_model(method, ctx)
     optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)
-    checkpoint = Checkpoint(paths)
+    checkpoint = Checkpoint(paths, cfg.checkpoint_every_s)
     progress = Progress()
     state = checkpoint.load(checkpoint.last)
     if state is not None:
@@ -406,18 +487,20 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
         progress.epoch_rows.append(row)
         if row["val_acc"] > progress.best_val_acc:
             progress.best_epoch, progress.best_val_acc = epoch, row["val_acc"]
-            checkpoint.save(checkpoint.best, {"model": model.state_dict(), "method": method.state_dict()})
-        checkpoint.save(checkpoint.last, {
-            "model": model.state_dict(), "method": method.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "generators": {k: g.get_state() for k, g in generators.items()}, "torch_rng": _global_rng(),
-            "progress": dataclasses.asdict(progress),
-        })
+            checkpoint.keep_best(model, method)
+        if epoch == cfg.epochs - 1 or checkpoint.due():
+            checkpoint.write({
+                "model": model.state_dict(), "method": method.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generators": {k: g.get_state() for k, g in generators.items()}, "torch_rng": _global_rng(),
+                "progress": dataclasses.asdict(progress),
+            })
         write_epochs(paths, progress.epoch_rows)
         reporter.epoch_finished(row)
 
     evaluations = {"final": _evaluate_selected(model, method, dataset, splits, ctx)}
-    best_state = checkpoint.load(checkpoint.best)
+    checkpoint.wait()
+    best_state = checkpoint.best_state()
     if best_state is not None:
         best_model = build_model(method, ctx)
         method.load_state_dict(best_state["method"], best_model)
@@ -545,14 +628,27 @@ def _git_sha() -> str | None:
     return f"{sha}-dirty" if dirty else sha
 
 
+def _torchvision_version() -> str:
+    """torchvision's `__version__` (with its build tag, e.g. +cu130) without importing it, which takes 2 s."""
+    import importlib.metadata
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        found = re.search(r"^__version__ = ['\"]([^'\"]+)", (Path(folder) / "version.py").read_text(), re.M) \
+            if (Path(folder) / "version.py").is_file() else None
+        if found:
+            return found.group(1)
+    return importlib.metadata.version("torchvision")
+
+
 def _provenance(device: torch.device, num_threads: int, started: str, wall_s: float,
                 samples_per_s: float) -> dict[str, Any]:
-    import torchvision
-
     return {
         "schema_version": mmbench.RESULT_SCHEMA_VERSION, "mmbench_version": mmbench.__version__,
         "git_sha": _git_sha(), "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__, "python_version": sys.version.split()[0],
+        "torchvision_version": _torchvision_version(), "python_version": sys.version.split()[0],
         "platform": platform.platform(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "num_threads": num_threads, "started_at": started, "finished_at": _now(), "wall_s": wall_s,

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from mmbench.config import RunConfig
@@ -62,6 +61,8 @@ class ResNet18(nn.Module):
 
     def __init__(self, in_channels: int) -> None:
         super().__init__()
+        import torchvision  # 2 s to import; the small CNN of the synthetic runs does without it
+
         net = torchvision.models.resnet18(weights=None)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

@@ -56,6 +56,11 @@ COMMON_CHOICES = {
 }
 
 
+#: A cache is held on the GPU when it takes at most this share of the memory free there when a run starts
+#: (the rest is for training, and for the other runs packed on the same GPU).
+RESIDENT_SHARE = 0.5
+
+
 class PreparedDataset(Dataset):
     """A dataset on disk: `mmbench prepare` fills the cache, runs read only the cache."""
 
@@ -66,6 +71,9 @@ class PreparedDataset(Dataset):
     default_frontend: ClassVar[str] = "ogm-stft"
     #: Folder names under MMBENCH_DATA that hold this dataset.
     root_names: ClassVar[tuple[str, ...]] = ()
+    #: Version of what `mmbench prepare` writes (it keys the cache). `version` keys the runs: a change of
+    #: the training input alone (the augmentation) bumps that one and keeps every prepared cache.
+    prepared_version: ClassVar[int] = 1
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__(cfg)
@@ -120,7 +128,7 @@ class PreparedDataset(Dataset):
     @classmethod
     def cache_dir(cls, params: dict[str, Any], root: Path) -> Path:
         base = Path(params["cache"]).expanduser() if params.get("cache") else cache.default_cache_root()
-        return base / cls.name / cache.cache_key(cls.name, cls.version, cls.prepare_params(params), root)
+        return base / cls.name / cache.cache_key(cls.name, cls.prepared_version, cls.prepare_params(params), root)
 
     @classmethod
     def preprocessing(cls, params: dict[str, Any], scan: cache.Scan) -> cache.Preprocessing:
@@ -194,6 +202,14 @@ class PreparedDataset(Dataset):
                             f"{len(train)} train and {len(test)} test clips in the cache")
         return train, test
 
+    def place(self, device: torch.device) -> None:
+        """On a GPU with room for the whole cache (CREMA-D at 224 x 224: 3.5 GiB), hold it there."""
+        if device.type != "cuda":
+            return  # the CPU reads the memory map directly
+        free, _ = torch.cuda.mem_get_info(device)
+        if self.store().nbytes <= RESIDENT_SHARE * free:
+            self.store().to_device(device)
+
     def transform(self, batch: Batch, train: bool, generator: torch.Generator) -> Batch:
         audio = batch.audio.float().unsqueeze(1)
         visual = frames_to_model_input(batch.visual, self.p["image_size"], train, generator)
@@ -204,7 +220,8 @@ class PreparedDataset(Dataset):
         return {"data_cache": str(self.store().path), "data_fingerprint": manifest["fingerprint"],
                 "data_layout_used": manifest["layout"], "data_frontend_used": manifest["preprocessing"]["frontend"],
                 "data_audio_shape": "x".join(map(str, manifest["audio_shape"])),
-                "data_bad_clips": manifest["n_bad"], "data_cached_clips": manifest["n_clips"]}
+                "data_bad_clips": manifest["n_bad"], "data_cached_clips": manifest["n_clips"],
+                "data_on_device": self.store().resident}
 
 
 def check_not_lfs(scan: cache.Scan, sample: int = 3) -> None:

@@ -19,6 +19,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
 
+from mmbench.shapley import Shapley, imbalance_degree, shapley_two  # noqa: F401  (re-exported)
+
 # Differences whose spread is below this (relative to max(1, |values|)) count as constant: paired
 # differences of accuracies such as 0.71 - 0.70 and 0.72 - 0.71 differ in the last bits only.
 _CONSTANT_TOL = 1e-12
@@ -458,28 +460,7 @@ def wins_ties_losses(deltas: ArrayLike, rope: float = 0.01) -> tuple[int, int, i
 
 # --- imbalance -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Shapley:
-    phi_a: float
-    phi_v: float
-    imbalance: float  # I = |φ_a - φ_v| / (|φ_a| + |φ_v|); NaN when both are 0
-
-
-def shapley_two(v_av: float, v_a: float, v_v: float, v_none: float) -> Shapley:
-    """Two-player Shapley values and imbalance degree (STATS §5.3).
-
-    v_a = accuracy with only audio present (visual masked), v_v likewise, v_none = both masked.
-    φ_a = ½[(v_a - v_∅) + (v_av - v_v)], φ_v = ½[(v_v - v_∅) + (v_av - v_a)]; φ_a + φ_v = v_av - v_∅.
-    """
-    phi_a = 0.5 * ((v_a - v_none) + (v_av - v_v))
-    phi_v = 0.5 * ((v_v - v_none) + (v_av - v_a))
-    return Shapley(float(phi_a), float(phi_v), imbalance_degree(phi_a, phi_v))
-
-
-def imbalance_degree(phi_a: float, phi_v: float) -> float:
-    """I = |φ_a − φ_v| / (|φ_a| + |φ_v|) in [0, 1], 0 = balanced; NaN when both are 0 (STATS §5.3)."""
-    total = abs(phi_a) + abs(phi_v)
-    return float(abs(phi_a - phi_v) / total) if total > 0 else math.nan
+# Shapley, shapley_two and imbalance_degree live in mmbench/shapley.py (the engine needs them without scipy).
 
 
 # --- per-sample, one checkpoint each --------------------------------------------------------------

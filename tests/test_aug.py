@@ -122,14 +122,6 @@ def test_resume_restores_grown_heads_and_optimizer_and_ends_the_same(tmp_path):
     assert epochs["diag_heads_a"].iloc[-1] + epochs["diag_heads_v"].iloc[-1] >= sum(heads.values())
 
 
-@pytest.mark.slow
-def test_aug_raises_the_slow_modality_and_the_fused_accuracy_on_synthetic(synthetic_run):
-    for seed in (0, 1, 2):
-        joint, aug = synthetic_run("joint", seed), synthetic_run("aug", seed)
-        assert aug["best_val_acc_head_v"] > joint["best_val_acc_head_v"] + 0.1, f"seed {seed}"
-        assert aug["best_val_acc"] > joint["best_val_acc"], f"seed {seed}"
-
-
 def test_the_idle_branch_takes_exactly_one_sgd_step_per_batch():
     """AUG train_CREMAD.py ~47-89: audio step, zero_grad, visual step. On PyTorch >= 2 zero_grad sets
     the gradients to None, so the visual step leaves the audio encoder alone: after one batch each

@@ -187,6 +187,28 @@ def test_help_imports_neither_torch_nor_pandas():
     assert loaded.strip() == "[]"
 
 
+def test_list_and_config_errors_import_no_torch(tmp_path):
+    """Issue 15.2: `mmbench list` took 8 s and a typo 6 s, importing torch, torchvision, torchaudio, PyAV and
+    scipy through the plugin modules; they now read the plugins' catalogue (tests/test_registry.py)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    commands = [["list"], ["list", "methods", "--json"], ["run", "-m", "jiont"], ["run", "-d", "synthtic"],
+                ["run", "-m", "joint", "--set", "epochs=0"], ["run", "-m", "joint", "--set", "lr=-1"],
+                ["run", "-m", "joint", "--set", "foo=1"], ["run", "-m", "opm", "--set", "q_base=x"]]
+    probe = ("import sys, json; from typer.testing import CliRunner; from mmbench.cli import app; "
+             f"codes = [CliRunner().invoke(app, args).exit_code for args in {commands!r}]; "
+             "print(json.dumps([codes, [m for m in ('torch', 'torchvision', 'av', 'scipy') if m in sys.modules]]))")
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}  # a fresh install: no catalogue yet
+    first = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    assert "torch" in json.loads(first.stdout)[1]  # the first command imports the plugins, to write it
+    again = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=env)
+    codes, loaded = json.loads(again.stdout)
+    assert codes == [0, 0, 2, 2, 2, 2, 2, 2] and loaded == []
+
+
 def test_unreadable_result_files_are_skipped_and_listed_and_a_corrupt_run_is_retrained(tmp_path):
     """Issue 15.16/15.17: one zero-byte, truncated or foreign parquet made `report` and `read_runs` crash and
     every later `run` exit 1; a truncated run row counted as done forever."""

@@ -102,6 +102,77 @@ def test_resume_after_interruption_gives_the_identical_result(tmp_path, settings
 
 
 @pytest.mark.slow
+class EpochClock:
+    """A clock that the reporter advances by 10 s after each epoch's checkpoint decision."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sparse_checkpoints_resume_to_the_identical_result_and_write_best_before_last(tmp_path, monkeypatch):
+    """Issue 16.2: `last.pt` only once checkpoint_every_s passed (here every 3rd epoch), the best state kept
+    on the device in between and written just before `last.pt`; a run interrupted between two checkpoints
+    recomputes the epochs since the last one and ends identical to an uninterrupted run."""
+    clock = EpochClock()
+    writes = []
+    real_save = engine.Checkpoint.save
+
+    def recording_save(self, path, state):
+        writes.append((path.name, len(state["progress"]["epoch_rows"]) if "progress" in state else None))
+        real_save(self, path, state)
+
+    monkeypatch.setattr(engine.Checkpoint, "save", recording_save)
+    real_init = engine.Checkpoint.__init__
+    monkeypatch.setattr(engine.Checkpoint, "__init__",
+                        lambda self, paths, every_s=0.0: real_init(self, paths, every_s, clock=clock))
+
+    class Tick(engine.Reporter):
+        def __init__(self, stop: int | None = None) -> None:
+            self.stop = stop
+
+        def epoch_finished(self, row):
+            clock.now += 10.0
+            if row["epoch"] == self.stop:
+                raise KeyboardInterrupt
+
+    cfg = tiny_config("joint", epochs=7, checkpoint_every_s=15)
+    reference = engine.run(cfg, tmp_path / "ref", Tick())
+    # epochs 0-6: due after epochs 2 and 4 (>= 15 s of the clock since the last write) and after the last
+    assert [w for w in writes if w[0] == "last.pt"] == [("last.pt", 3), ("last.pt", 5), ("last.pt", 7)]
+    assert all(writes[i + 1][0] == "last.pt" for i, w in enumerate(writes) if w[0] == "best.pt")
+    writes.clear()
+    clock.now = 0.0
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(cfg, tmp_path / "cut", Tick(stop=3))  # after the checkpoint of epoch 2, before that of 4
+    paths = run_paths(tmp_path / "cut", cfg)
+    assert engine.Checkpoint(paths).load(paths.checkpoint_dir / "last.pt")["progress"]["epoch_rows"][-1]["epoch"] == 2
+    resumed = engine.run(cfg, tmp_path / "cut", Tick())
+    for key in ("final_n_correct", "best_val_n_correct", "best_val_epoch", "final_loss", "best_val_loss"):
+        assert resumed[key] == reference[key], key
+    assert np.array_equal(np.stack(_preds(tmp_path / "ref", cfg)["probs"]),
+                          np.stack(_preds(tmp_path / "cut", cfg)["probs"]))
+
+
+def test_the_best_state_is_a_copy_that_later_steps_do_not_change():
+    cfg = tiny_config("joint")
+    from .conftest import training_setup
+
+    _, _, ctx, model, _ = training_setup(cfg)
+    checkpoint = engine.Checkpoint(run_paths("unused", cfg))
+    checkpoint.keep_best(model, ctx.method)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    kept = checkpoint.best_state()["model"]
+    assert all(torch.equal(kept[k], before[k]) for k in before)
+    checkpoint.keep_best(model, ctx.method)  # the second time in place
+    assert all(torch.equal(checkpoint.best_state()["model"][k], v) for k, v in model.state_dict().items())
+
+
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     cfg = tiny_config(epochs=6, n_train=600)
     reference = engine.run(cfg, tmp_path / "ref")

@@ -97,6 +97,24 @@ def test_raw_release_picks_frames_by_time_and_computes_the_stft(tmp_path, cremad
     assert model_batch.visual.shape == (5, 1, 3, 224, 224)
 
 
+def test_a_cache_held_on_the_device_gives_the_same_batches(tmp_path, cremad_raw):
+    """Issue 16.1: on a GPU with room the cache is read once into device memory and batches are gathered
+    there; the batches (and the train/validation/test rows) are those of the memory map. Here the
+    "device" is the CPU: `place` only moves a cache to a GPU, so the test moves it itself."""
+    assert prepare("cremad", cremad_raw, tmp_path / "cache").exit_code == 0
+    ds, splits = load_splits("cremad", cremad_raw, tmp_path / "cache")
+    ds.place(torch.device("cpu"))
+    assert not ds.store().resident  # on the CPU the memory map stays
+    mapped = list(splits.train.batches(4, torch.Generator().manual_seed(3)))
+    ds.store().to_device(torch.device("cpu"))
+    assert ds.store().resident and ds.provenance()["data_on_device"]
+    held = list(splits.train.batches(4, torch.Generator().manual_seed(3)))
+    assert len(held) == len(mapped)
+    for a, b in zip(mapped, held, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip((a.audio, a.visual, a.y, a.index), (b.audio, b.visual, b.y,
+                                                                                              b.index), strict=True))
+
+
 def test_second_prepare_is_a_no_op(tmp_path, cremad_raw):
     assert prepare("cremad", cremad_raw, tmp_path / "cache").exit_code == 0
     target = next((tmp_path / "cache" / "cremad").iterdir())

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import math
 import textwrap
 
 import pytest
@@ -189,3 +191,63 @@ def test_profiles_and_dataset_defaults_use_known_keys(method):
     for dataset, values in cls.dataset_hparams.items():
         assert set(values) <= set(cls.hparams), f"{method} per-dataset values for {dataset}"
     assert set(cls.choices) <= set(cls.hparams) and set(cls.help) <= set(cls.hparams)
+
+
+@pytest.mark.parametrize("registry", [METHODS, DATASETS], ids=["methods", "datasets"])
+def test_the_catalogue_declares_what_the_classes_declare(registry, tmp_path, monkeypatch):
+    """`list` and config checks read the catalogue instead of importing the plugins (issue 15.2): every
+    built-in plugin must be in it, with attributes equal in value and type to its class's."""
+    import subprocess
+    import sys
+
+    from mmbench.registry import declared_attributes
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    # a fresh process finds no catalogue: it imports the modules and writes one
+    subprocess.run([sys.executable, "-c", f"from mmbench.registry import {registry.kind.upper()}S as r; r.names()"],
+                   check=True)
+    reader = Registry(registry.kind, registry._builtin_package, "none")
+    reader.discover()
+    builtins = {name: cls for name, cls in registry.items() if cls.__module__.startswith(registry._builtin_package)}
+    assert not reader._items and sorted(reader._infos) == sorted(builtins)  # other tests register plugins
+    for name, cls in builtins.items():
+        info = reader.info(name)
+        assert info.module == cls.__module__
+        for attr in declared_attributes(cls):
+            value = getattr(cls, attr)
+            assert getattr(info, attr) == value and type(getattr(info, attr)) is type(value), (name, attr)
+
+
+def test_literals_survive_the_catalogue_with_their_types():
+    from mmbench.registry import decode_literal, encode_literal
+
+    value = {"r": (1, math.inf), "c": ("a", "b"), "l": [1.5, -math.inf, None, True], "d": {"x": {"y": ()}}}
+    decoded = decode_literal(json.loads(json.dumps(encode_literal(value))))
+    assert decoded == value and isinstance(decoded["r"], tuple) and isinstance(decoded["l"], list)
+    assert type(decoded["l"][3]) is bool and decoded["r"][1] == math.inf
+
+
+def test_any_change_to_a_source_file_changes_the_catalogue_key(tmp_path):
+    """A stale catalogue must never be read: the key hashes contents, so an edit of the same size that
+    keeps the modification time still changes it."""
+    import os
+
+    from mmbench.registry import source_key
+
+    plugin = tmp_path / "pkg" / "mine.py"
+    plugin.parent.mkdir()
+    plugin.write_text("hparams = {'lr': 0.1}\n")
+    before, stat = source_key([tmp_path / "pkg"]), plugin.stat()
+    plugin.write_text("hparams = {'lr': 0.2}\n")
+    os.utime(plugin, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert source_key([tmp_path / "pkg"]) != before
+
+
+def test_an_entry_whose_module_no_longer_defines_it_says_what_to_do():
+    from mmbench.registry import PluginError, PluginInfo
+
+    registry = Registry("method", "mmbench.methods", "none")
+    registry._discovered = True
+    registry._infos["gone"] = PluginInfo("mmbench.methods.joint", {"name": "gone"})
+    with pytest.raises(PluginError, match="no longer defines method 'gone'; delete .*plugins and run"):
+        registry.get("gone")

@@ -68,10 +68,7 @@ def _epoch_reads(method_name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int
 # Methods that still read per step (issue 16.5 lists the fixes); strict: a fix turns the xfail into a
 # failure until it is moved to the passing list.
 STILL_READING = {
-    "ogm-ge": "reads each parameter's gradient std (p.grad.std().item()) and the modality scores: 10 a step",
-    "ogm": "reads the modality scores (float(...)) to choose its coefficients: 2 a step",
     "arm": "reads its scores (tolist) and builds its histograms on the host (.cpu().numpy()): 21 a step",
-    "opm": "reads its drop probabilities (q.tolist()) and the execution draw (.item()): 2 a step",
 }
 
 
