@@ -20,7 +20,7 @@ and the loss is the cross-entropy of these logits only. The probe gets no gradie
             z[:, None, None]: for the (x, z) and (y, z) marginals that takes every z-bin against
             every cell, for the (x, y, z) joint it divides by z indexed by the x-bin. Its NCMI is
             about 1, so II and both contributions come out negative (about -0.03) and the weight
-            ratio tracks about P_v / P_a. Reproduced exactly (float64, numpy histograms).
+            ratio tracks about P_v / P_a. Reproduced in float64, with numpy's histogram counts.
   corrected (benchmark default): the standard plug-in estimate
             I(X;Y|Z) / (H(X|Z) + H(Y|Z)) from the same histogram (about 1e-4 on real features).
 Departures from the official code, each for a reason:
@@ -33,12 +33,12 @@ Departures from the official code, each for a reason:
   - the paper's min-max loss and re-sampling are in neither released code version, so not here.
 Head init as released: fc and head Normal(0, 0.01), bias 0 (`linear_head.py` ~34-35; MMPretrain's
 default init_cfg); the probe keeps PyTorch's default (the neck's `init_weights` does nothing).
-The histograms are computed on the host (numpy), as in the official code.
+The histograms and every quantity after them are computed on the training device (the official code
+uses numpy on the host): the counts equal numpy's bin for bin; sums may differ in the last bit.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -54,73 +54,90 @@ from mmbench.registry import register_method
 ESTIMATORS = ("official", "corrected")
 
 
-def _entropy(p: np.ndarray) -> float:
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+def _values(x: torch.Tensor | np.ndarray | Any) -> torch.Tensor:
+    """Flattened values as the official numpy code sees them: float32 for tensors (on their device),
+    float64 for Python numbers."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().reshape(-1)
+    array = np.asarray(x)
+    return torch.from_numpy(array.astype(np.float64) if array.dtype.kind in "iub" else array).reshape(-1)
 
 
-def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
-    return x.detach().float().cpu().numpy().ravel() if isinstance(x, torch.Tensor) else np.asarray(x).ravel()
+def histogram(columns: list[torch.Tensor], bins: int) -> torch.Tensor:
+    """numpy.histogramdd(np.stack(columns, 1), bins)[0] on the columns' device, with no host read: equal
+    bins from each column's min to its max (the max in the last bin; a constant column spans +-0.5),
+    edges as np.linspace computes them in the columns' dtype, counts in float64 of shape (bins,) * d."""
+    device = columns[0].device
+    cell = torch.zeros(columns[0].shape, dtype=torch.long, device=device)
+    for column in columns:
+        low, high = column.min(), column.max()
+        constant = low == high
+        low, high = torch.where(constant, low - 0.5, low), torch.where(constant, high + 0.5, high)
+        edges = torch.arange(bins + 1, dtype=column.dtype, device=device) * ((high - low) / bins) + low
+        edges[-1] = high
+        cell = cell * bins + (torch.searchsorted(edges, column, right=True) - 1).clamp(0, bins - 1)
+    counts = torch.zeros(bins ** len(columns), dtype=torch.float64, device=device)
+    counts.index_add_(0, cell, torch.ones_like(cell, dtype=torch.float64))
+    return counts.view((bins,) * len(columns))
 
 
-def normalized_mutual_information(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray,
-                                  bins: int = 30) -> float:
-    """2 I(X;Y) / (H(X) + H(Y)) from numpy's bins x bins histogram of the paired values (nats).
-    Same in both estimators (the official NMI is the standard one); 0 when both are constant."""
-    counts, _, _ = np.histogram2d(_as_numpy(x), _as_numpy(y), bins=bins)
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -torch.where(p > 0, p * torch.log(p), 0.0).sum()
+
+
+def normalized_mutual_information(x: Any, y: Any, bins: int = 30) -> torch.Tensor:
+    """2 I(X;Y) / (H(X) + H(Y)) from the bins x bins histogram of the paired values (nats), a float64
+    tensor on the values' device. Same in both estimators (the official NMI is the standard one); 0 when
+    both are constant."""
+    counts = histogram([_values(x), _values(y)], bins)
     p = counts / counts.sum()
     p_x, p_y = p.sum(1), p.sum(0)
-    i, j = np.nonzero(p)
     # sum of p log(p / (p_x p_y)) accumulated cell by cell in row-major order, as the released loop
-    # does (`MI_tool.py` ~50-54), so that the official path matches it to the last bit
-    mi = np.add.accumulate(np.r_[0.0, p[i, j] * np.log(p[i, j] / (p_x[i] * p_y[j]))])[-1]
+    # does (`MI_tool.py` ~50-54); empty cells add exactly 0
+    terms = torch.where(p > 0, p * torch.log(p / (p_x[:, None] * p_y[None, :])), 0.0)
+    mi = torch.cumsum(terms.reshape(-1), 0)[-1]
     denominator = _entropy(p_x) + _entropy(p_y)
-    return float(2 * mi / denominator) if denominator > 0 else 0.0
+    return torch.where(denominator > 0, 2 * mi / denominator, 0.0)
 
 
-def _joint(x: Any, y: Any, z: Any, bins: int) -> np.ndarray:
-    counts, _ = np.histogramdd(np.stack([_as_numpy(x), _as_numpy(y), _as_numpy(z)], 1), bins=bins)
-    return counts / counts.sum()
-
-
-def _released_conditional_entropy(p: np.ndarray, p_z: np.ndarray) -> float:
+def _released_conditional_entropy(p: torch.Tensor, p_z: torch.Tensor) -> torch.Tensor:
     """The official helper's "H(. | Z)": p divided by p_z broadcast as a (bins, 1, 1) array (zero
     p_z replaced by 1e-10), then -sum q log q over the positive quotients. For a 2-D (x, z) table
     that is every z-bin k' against every cell (x, k); for the 3-D joint it is p[i, j, k] / p_z[i]."""
-    quotient = p / np.where(p_z > 0, p_z, 1e-10)[:, None, None]
-    return _entropy(quotient)
+    return _entropy(p / torch.where(p_z > 0, p_z, 1e-10)[:, None, None])
 
 
 def normalized_conditional_mutual_information(x: Any, y: Any, z: Any, bins: int = 2,
-                                              estimator: str = "corrected") -> float:
-    """I(X;Y|Z) / (H(X|Z) + H(Y|Z)) from numpy's bins^3 histogram; `estimator` as in the module doc."""
-    p = _joint(x, y, z, bins)
+                                              estimator: str = "corrected") -> torch.Tensor:
+    """I(X;Y|Z) / (H(X|Z) + H(Y|Z)) from the bins^3 histogram; `estimator` as in the module doc."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choices: {', '.join(ESTIMATORS)}")
+    counts = histogram([_values(x), _values(y), _values(z)], bins)
+    p = counts / counts.sum()
     p_xz, p_yz, p_z = p.sum(1), p.sum(0), p.sum((0, 1))
     if estimator == "official":
         h_x_z, h_y_z = _released_conditional_entropy(p_xz, p_z), _released_conditional_entropy(p_yz, p_z)
         h_xy_z = _released_conditional_entropy(p, p_z)
         denominator = h_x_z + h_y_z
-        return (h_x_z + h_y_z - h_xy_z) / denominator if denominator != 0 else 0.0
-    if estimator != "corrected":
-        raise ValueError(f"unknown estimator {estimator!r}; choices: {', '.join(ESTIMATORS)}")
+        return torch.where(denominator != 0, (h_x_z + h_y_z - h_xy_z) / denominator, 0.0)
     h_z = _entropy(p_z)
     h_x_z, h_y_z = _entropy(p_xz) - h_z, _entropy(p_yz) - h_z
     h_xy_z = _entropy(p) - h_z
     denominator = h_x_z + h_y_z
-    return (h_x_z + h_y_z - h_xy_z) / denominator if denominator > 0 else 0.0
+    return torch.where(denominator > 0, (h_x_z + h_y_z - h_xy_z) / denominator, 0.0)
 
 
-def contribution_scores(nmi_a: float, nmi_v: float, ncmi_a: float, ncmi_v: float, p_fused: float,
-                        p_a: float, p_v: float) -> tuple[float, float]:
+def contribution_scores(nmi_a: Any, nmi_v: Any, ncmi_a: Any, ncmi_v: Any, p_fused: Any, p_a: Any,
+                        p_v: Any) -> tuple[Any, Any]:
     """(c_a, c_v) with the released, crossed confidences: each interaction term II_m = NMI_m - NCMI_m
     is weighted by the other modality's confidence."""
     return p_fused * nmi_a + p_v * (nmi_a - ncmi_a), p_fused * nmi_v + p_a * (nmi_v - ncmi_v)
 
 
-def contributions(feat_a: torch.Tensor, feat_v: torch.Tensor, probe: torch.Tensor, p_fused: float,
-                  p_a: float, p_v: float, bins: int = 30, cond_bins: int = 2,
-                  estimator: str = "corrected") -> tuple[float, float]:
-    """(c_a, c_v) of one batch."""
+def contributions(feat_a: torch.Tensor, feat_v: torch.Tensor, probe: torch.Tensor, p_fused: Any,
+                  p_a: Any, p_v: Any, bins: int = 30, cond_bins: int = 2,
+                  estimator: str = "corrected") -> tuple[torch.Tensor, torch.Tensor]:
+    """(c_a, c_v) of one batch, float64 tensors on the features' device."""
     nmi_a = normalized_mutual_information(feat_a, probe, bins)
     nmi_v = normalized_mutual_information(feat_v, probe, bins)
     ncmi_a = normalized_conditional_mutual_information(feat_a, probe, feat_v, cond_bins, estimator)
@@ -128,25 +145,23 @@ def contributions(feat_a: torch.Tensor, feat_v: torch.Tensor, probe: torch.Tenso
     return contribution_scores(nmi_a, nmi_v, ncmi_a, ncmi_v, p_fused, p_a, p_v)
 
 
-def fusion_weights(c_a: float, c_v: float, max_weight: float) -> tuple[float, float, bool]:
+def fusion_weights(c_a: Any, c_v: Any, max_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(weight on f_v, weight on f_a, guarded) = (c_a / c_v, c_v / c_a), each computed as the code
-    does; with max_weight > 0 the ratio's magnitude is clamped to [1/max_weight, max_weight], its
-    sign kept (a zero c_v counts as +-max_weight by the sign of c_a; both zero as 1)."""
+    does, as float64 tensors; with max_weight > 0 the ratio's magnitude is clamped to
+    [1/max_weight, max_weight], its sign kept (a zero c_v counts as +-max_weight by the sign of c_a;
+    both zero as 1)."""
+    c_a, c_v = torch.as_tensor(c_a, dtype=torch.float64), torch.as_tensor(c_v, dtype=torch.float64)
+    c_v = c_v.to(c_a.device)
     if max_weight <= 0:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(np.float64(c_a) / c_v), float(np.float64(c_v) / c_a), False
-    if c_a == 0 and c_v == 0:
-        return 1.0, 1.0, True
-    if c_v == 0:
-        ratio = math.copysign(max_weight, c_a)
-    elif c_a == 0:
-        ratio = math.copysign(1 / max_weight, c_v)
-    else:
-        ratio = c_a / c_v
-        if 1 / max_weight <= abs(ratio) <= max_weight:
-            return ratio, c_v / c_a, False
-    ratio = math.copysign(min(max(abs(ratio), 1 / max_weight), max_weight), ratio)
-    return ratio, 1 / ratio, True
+        return c_a / c_v, c_v / c_a, torch.zeros((), dtype=torch.bool, device=c_a.device)
+    both_zero = (c_a == 0) & (c_v == 0)
+    ratio = torch.where(c_v == 0, torch.copysign(torch.full_like(c_a, max_weight), c_a),
+                        torch.where(c_a == 0, torch.copysign(torch.full_like(c_v, 1 / max_weight), c_v), c_a / c_v))
+    in_range = (c_a != 0) & (c_v != 0) & (1 / max_weight <= ratio.abs()) & (ratio.abs() <= max_weight)
+    clamped = torch.copysign(ratio.abs().clamp(1 / max_weight, max_weight), ratio)
+    one = torch.ones_like(c_a)
+    return (torch.where(both_zero, one, torch.where(in_range, c_a / c_v, clamped)),
+            torch.where(both_zero, one, torch.where(in_range, c_v / c_a, 1 / clamped)), ~in_range)
 
 
 class ARMModel(nn.Module):
@@ -180,6 +195,8 @@ class ARMModel(nn.Module):
 @register_method
 class ARM(Method):
     name = "arm"
+    # Still 2 with the histograms on the device: the predictions of 80 retrained `ci` runs (seeds 0-59,
+    # and 0-19 under another CPU capability) were bit-identical to the numpy version's.
     version = 2
     description = ("Asymmetric reinforcing: reweight features by information-based contributions before fusion "
                    "(departures: label-free inference from epoch-mean contributions; sign-keeping ratio guard).")
@@ -218,12 +235,12 @@ class ARM(Method):
         with torch.no_grad():
             probe = model.probe(torch.cat([feat_v, feat_a], 1))
             scores = torch.stack([true_class_score(model.fc(f), batch.y) for f in (probe, feat_a, feat_v)])
-            p_f, p_a, p_v = (s / len(batch) for s in scores.tolist())
+            p_f, p_a, p_v = (scores.double() / len(batch)).unbind()
             c_a, c_v = contributions(feat_a, feat_v, probe, p_f, p_a, p_v, self.hp["bins"], self.hp["cond_bins"],
                                      self.hp["estimator"])
         self.epoch_sums = [self.epoch_sums[0] + c_a, self.epoch_sums[1] + c_v, self.epoch_sums[2] + 1]
         w_v, w_a, guarded = fusion_weights(c_a, c_v, self.hp["max_weight"])
-        ctx.log(c_a=c_a, c_v=c_v, weight_v=w_v, guarded=float(guarded))
+        ctx.log(c_a=c_a, c_v=c_v, weight_v=w_v, guarded=guarded.double())
         model.weights = (w_v, w_a)
         return model.fuse(feat_a, feat_v)
 
@@ -238,13 +255,15 @@ class ARM(Method):
         model.weights = (w_v, w_a)
         return model(batch.audio, batch.visual)
 
-    def diagnostics(self) -> dict[str, float]:
+    def diagnostics(self) -> dict[str, float]:  # once per epoch: a host read is fine here
         c_a, c_v = self.inference_contributions
-        return {"inference_c_a": c_a, "inference_c_v": c_v,
-                "inference_ratio": fusion_weights(c_a, c_v, self.hp["max_weight"])[0]}
+        return {"inference_c_a": float(c_a), "inference_c_v": float(c_v),
+                "inference_ratio": float(fusion_weights(c_a, c_v, self.hp["max_weight"])[0])}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch_sums": list(self.epoch_sums), "inference": list(self.inference_contributions)}
+        c_a, c_v, n = self.epoch_sums
+        return {"epoch_sums": [float(c_a), float(c_v), n],
+                "inference": [float(c) for c in self.inference_contributions]}
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
         self.epoch_sums = list(state["epoch_sums"])

@@ -31,8 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Files that train for minutes go first: pytest-xdist hands out whole files in collection order
 # (--no-loadscope-reorder in pyproject.toml; by default it orders them by their number of tests, which put
-# the 5 effect tests, 9 minutes on one core, last and left one worker training alone for 6 minutes).
-SLOW_FILES_FIRST = ("test_effects.py", "test_sweep.py", "test_backends.py")
+# the 5 effect tests, 10 minutes on one core, last and left one worker training alone for 6 minutes).
+SLOW_FILES_FIRST = ("test_effects_joint_ogm.py", "test_effects_opm_aug_dlc.py", "test_sweep.py", "test_backends.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -65,19 +65,10 @@ def _epoch_reads(method_name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int
     return reads.count, -(-len(splits.train) // cfg.batch_size), reads.where
 
 
-# Methods that still read per step (issue 16.5 lists the fixes); strict: a fix turns the xfail into a
-# failure until it is moved to the passing list.
-STILL_READING = {
-    "arm": "reads its scores (tolist) and builds its histograms on the host (.cpu().numpy()): 21 a step",
-}
-
-
-@pytest.mark.parametrize("method", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=STILL_READING[m])) if m in STILL_READING else m
-    for m in METHODS.names()])
-def test_a_training_step_reads_at_most_once_from_the_device(method, monkeypatch):
+@pytest.mark.parametrize("method", METHODS.names())
+def test_a_training_step_reads_nothing_from_the_device(method, monkeypatch):
     count, steps, where = _epoch_reads(method, monkeypatch)
-    assert count <= steps, f"{method}: {count} host reads in {steps} steps ({sorted(set(where))})"
+    assert count == 0, f"{method}: {count} host reads in {steps} steps ({sorted(set(where))})"
 
 
 def test_the_engine_itself_reads_nothing_per_step(monkeypatch):

@@ -1,8 +1,9 @@
-"""What each method does to the imbalance of the embedded dataset, on full-size synthetic runs of the
-default protocol paired by seed with joint training.
+"""What the methods do to the imbalance of the embedded dataset, on full-size synthetic runs of the
+default protocol paired by seed with joint training: joint itself against the unimodal runs, and OGM-GE.
+(opm, aug and dlc: tests/test_effects_opm_aug_dlc.py.)
 
-The effect tests of all methods live in this one file so that the runs they share (joint, opm) are
-trained once: pytest-xdist hands a file's tests to one worker, and each worker has its own session.
+Each file's effect tests share their runs (joint, opm), trained once per file: pytest-xdist hands a
+file to one worker, and the two files go to the two workers first (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -46,33 +47,3 @@ def test_ogm_ge_raises_the_slow_modality_on_synthetic(synthetic_run):
     gains = [synthetic_run("ogm-ge", seed)["final_acc_head_v"] - synthetic_run("joint", seed)["final_acc_head_v"]
              for seed in (0, 1, 2)]
     assert sum(gains) / 3 > 0.01 and min(gains) > -0.005, gains
-
-
-@pytest.mark.slow
-def test_opm_raises_the_slow_modality_and_the_fused_accuracy_on_synthetic(synthetic_run):
-    gains = []
-    for seed in (0, 1, 2):
-        joint, opm = synthetic_run("joint", seed), synthetic_run("opm", seed)
-        gains.append(opm["best_val_acc_head_v"] - joint["best_val_acc_head_v"])
-        assert gains[-1] > 0, f"seed {seed}"
-        assert opm["best_val_acc"] > joint["best_val_acc"], f"seed {seed}"
-    assert sum(gains) / len(gains) > 0.2
-
-
-@pytest.mark.slow
-def test_aug_raises_the_slow_modality_and_the_fused_accuracy_on_synthetic(synthetic_run):
-    for seed in (0, 1, 2):
-        joint, aug = synthetic_run("joint", seed), synthetic_run("aug", seed)
-        assert aug["best_val_acc_head_v"] > joint["best_val_acc_head_v"] + 0.1, f"seed {seed}"
-        assert aug["best_val_acc"] > joint["best_val_acc"], f"seed {seed}"
-
-
-@pytest.mark.slow
-def test_dlc_reduces_the_decision_layer_bias_of_a_trained_model_on_synthetic(synthetic_run):
-    """On OPM-trained models (whose visual branch is capable), calibration lowers both the
-    audio logit share (D3) and the audio-decides rate (D4), seed by seed."""
-    for seed in (0, 1, 2):
-        uncalibrated, calibrated = synthetic_run("opm", seed), synthetic_run("dlc", seed, base="opm")
-        assert calibrated["best_val_acc_head_v"] == uncalibrated["best_val_acc_head_v"]  # same model
-        for measure in ("best_val_d3_logit_share_a", "best_val_d4_audio_decides"):
-            assert calibrated[measure] < uncalibrated[measure], (seed, measure)
