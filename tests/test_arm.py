@@ -15,6 +15,7 @@ from mmbench.methods.arm import (
     contribution_scores,
     contributions,
     fusion_weights,
+    histogram,
     normalized_conditional_mutual_information,
     normalized_mutual_information,
 )
@@ -36,6 +37,28 @@ def _reference_ncmi(x: np.ndarray, y: np.ndarray, z: np.ndarray, bins: int) -> f
     h = lambda q: stats.entropy(q.ravel())  # noqa: E731
     h_z, h_xz, h_yz, h_xyz = h(p.sum((0, 1))), h(p.sum(1)), h(p.sum(0)), h(p)
     return (h_xz + h_yz - h_xyz - h_z) / ((h_xz - h_z) + (h_yz - h_z))
+
+
+@pytest.mark.parametrize("case", ["gaussian", "ties_on_edges", "constant", "integers"])
+def test_device_histogram_counts_equal_numpys(case):
+    """Issue 16.5: the released estimators (`necks/MI_tool.py`) start from numpy's histogram2d /
+    histogramdd on the host; mmbench counts on the device. The counts must be numpy's, bin for bin, for
+    30 bins in 2-D and 2 bins in 3-D (float32 features, as `.cpu().numpy()` gave the official code)."""
+    rng = np.random.default_rng(["gaussian", "ties_on_edges", "constant", "integers"].index(case))
+    for _ in range(25):
+        n = int(rng.integers(2, 3000))
+        x = (rng.standard_normal(n) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
+        y = rng.standard_normal(n).astype(np.float32)
+        if case == "ties_on_edges":
+            y = np.round(y * 4).astype(np.float32) / 4
+        elif case == "constant":
+            x = np.full(n, 1.5, np.float32)
+        elif case == "integers":
+            x = (np.arange(n) % 7).astype(np.float32)
+        for bins, columns in ((30, [x, y]), (2, [x, y, y - x])):
+            expected = np.histogramdd(np.stack(columns, 1), bins=bins)[0]
+            got = histogram([torch.from_numpy(c) for c in columns], bins)
+            assert np.array_equal(got.numpy(), expected), (case, n, bins)
 
 
 @pytest.mark.parametrize("rho", [0.0, 0.5, 0.9])
