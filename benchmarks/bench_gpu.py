@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from mmbench import engine
-from mmbench.config import resolve
+from mmbench.config import parse_sets, resolve
 from mmbench.registry import DATASETS
 from mmbench.results import read_epochs, read_runs
 
@@ -98,9 +98,12 @@ class GpuSampler:
         return statistics.fmean(self.samples) if self.samples else float("nan")
 
 
+EXTRA: dict[str, str] = {}  # --set KEY=VALUE from the command line, e.g. compile=default
+
+
 def settings(cache: Path, epochs: int, device: str, size: int) -> dict[str, object]:
     return {"root": str(cache), "epochs": epochs, "device": device, "image_size": size, "frames": 1,
-            "batch_size": 64, "num_threads": 0}
+            "batch_size": 64, "num_threads": 0, **EXTRA}
 
 
 def one_method(method: str, cache: Path, out: Path, epochs: int, device: str, size: int) -> dict[str, float]:
@@ -120,7 +123,8 @@ def one_method(method: str, cache: Path, out: Path, epochs: int, device: str, si
     epoch_s = epoch_s[epoch_s["run_id"] == cfg.run_id]["epoch_wall_s"].tolist()
     steps = -(-int(row["n_train"]) // cfg.batch_size) * epochs
     median = statistics.median(epoch_s[1:] or epoch_s)
-    return {"samples/s": row["train_samples_per_s"], "epoch s": median, "100 epochs s": 100 * median,
+    return {"bf16": row["bf16"], "channels_last": row["channels_last"], "compile": row["compile"],
+            "samples/s": row["train_samples_per_s"], "epoch s": median, "100 epochs s": 100 * median,
             "GPU %": sampler.mean(), "syncs/step": syncs / steps if device.startswith("cuda") else float("nan")}
 
 
@@ -156,7 +160,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="frame size of the cache and the model input")
     parser.add_argument("--pack", default="2,4", help="runs packed per GPU to measure ('' for none)")
     parser.add_argument("--keep", type=Path, help="keep the noise cache and the results here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run setting for every run, e.g. compile=default, drop_last=true, deterministic=false")
     args = parser.parse_args()
+    EXTRA.update(parse_sets(args.set))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device here: the GPU table needs one (see docs/performance.md); CPU figure only")
         cpu_figure()

@@ -59,23 +59,38 @@ class RunConfig:
     linear_init: Literal["xavier", "pytorch"] = "xavier"
     val_fraction: float = 0.1
     split_seed: int = 0
-    bf16: bool = False
-    channels_last: bool = False
+    bf16: bool | Literal["auto"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
     deterministic: bool = True
+    drop_last: bool = False
     # Execution only: recorded with the results but not part of the run's identity.
     device: str = "auto"
     num_threads: int = 0
     log: str = "none"
     checkpoint_every_s: float = 60.0
+    compile: Literal["none", "default", "reduce-overhead"] = "none"
     hparams: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def uses(self, key: str, device_type: str) -> bool:
+        """Whether an AUTO_ON_CUDA key is on for a device: `auto` is on for a CUDA run of the benchmark
+        profile; bf16 autocast is on CUDA only."""
+        value = getattr(self, key)
+        on = device_type == "cuda" and self.profile == "benchmark" if value == "auto" else bool(value)
+        return on and (key != "bf16" or device_type == "cuda")
+
     def identity(self) -> dict[str, Any]:
         """The part of the config that decides the numbers (hashed into run_id)."""
         identity = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_KEYS}
+        # Keys that came later hash as the settings they replaced, so that finished runs keep their run_ids.
+        for key, legacy in _LEGACY_IDENTITY.items():
+            identity[key] = legacy.get(identity[key], identity[key])
+        for key in _OMITTED_AT_DEFAULT:
+            if identity[key] == CORE_FIELDS[key].default:
+                del identity[key]
         # Where the data lives (a path on this machine) does not change what a run computes.
         location = getattr(DATASETS.info(self.dataset), "location_params", ())
         identity["data"] = {k: v for k, v in self.data.items() if k not in location}
@@ -97,7 +112,13 @@ class RunConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-EXECUTION_KEYS = frozenset({"device", "num_threads", "log", "checkpoint_every_s"})
+EXECUTION_KEYS = frozenset({"device", "num_threads", "log", "checkpoint_every_s", "compile"})
+#: true, false or auto (on for a CUDA run of the benchmark profile, off elsewhere).
+AUTO_ON_CUDA = ("bf16", "channels_last")
+# bf16 and channels_last were plain booleans with default false, and every finished run was a CPU run or
+# said so explicitly: `auto` hashes as the old default, an explicit false as a new value.
+_LEGACY_IDENTITY: dict[str, dict[Any, Any]] = {key: {"auto": False, False: "off"} for key in AUTO_ON_CUDA}
+_OMITTED_AT_DEFAULT = ("drop_last",)  # added after runs were stored; at its default it computes what they did
 FIXED_KEYS = frozenset({"method", "dataset", "seed", "hparams", "data"})
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in FIXED_KEYS}
 _CORE_TYPES = typing.get_type_hints(RunConfig)
@@ -124,14 +145,18 @@ CORE_HELP: dict[str, str] = {
     "fusion": "how the two modalities' features are fused", "linear_init": "initialisation of linear layers",
     "val_fraction": "share of the training split held out for validation (model selection)",
     "split_seed": "seed of the train/validation split (fixed across run seeds)",
-    "bf16": "bfloat16 autocast on CUDA", "channels_last": "channels-last memory format on CUDA",
-    "deterministic": "deterministic algorithms (bit-identical reruns)",
+    "bf16": "bfloat16 autocast on CUDA (auto: on for the benchmark profile on CUDA; it changes the numbers)",
+    "channels_last": "channels-last memory format on CUDA (auto: on for the benchmark profile on CUDA)",
+    "deterministic": "deterministic algorithms (bit-identical reruns); false lets cuDNN pick the fastest kernels",
+    "drop_last": "skip the last short training batch of each epoch (static shapes; the official codes keep it)",
     "device": "auto, cpu, cuda or cuda:N (not part of the run's identity)",
     "num_threads": "CPU threads; 0 = the cores this process may use, at most 8 (not part of the run's identity)",
     "log": "also log to none, tensorboard, wandb or mlflow (several with commas; not part of the run's identity)",
     "checkpoint_every_s": "write the resume checkpoint after an epoch once this many seconds passed since the last "
                           "one (0 = every epoch); a resumed run ends identical either way (not part of the run's "
                           "identity)",
+    "compile": "torch.compile the encoders: none, default or reduce-overhead (CUDA graphs); not part of the "
+               "run's identity",
 }
 
 
@@ -139,7 +164,7 @@ def core_keys() -> list[dict[str, Any]]:
     """The core settings for `mmbench list core`: type, default, range or choices, meaning."""
     keys = []
     for name, f in CORE_FIELDS.items():
-        choices = _choices_of(_CORE_TYPES[name])
+        choices = ("auto", "true", "false") if name in AUTO_ON_CUDA else _choices_of(_CORE_TYPES[name])
         entry = {"key": name, "type": "choice" if choices else type(f.default).__name__, "default": f.default,
                  "help": CORE_HELP.get(name, ""), "identity": name not in EXECUTION_KEYS}
         if choices:
@@ -201,6 +226,15 @@ def _to_bool(value: Any) -> bool:
     if text in {"false", "0", "no", "off"}:
         return False
     raise ValueError
+
+
+def _auto_or_bool(key: str, value: Any) -> bool | str:
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    try:
+        return _to_bool(value)
+    except ValueError:
+        raise ConfigError(f"{key}={value!r} is not allowed; choices: auto, true, false") from None
 
 
 def _to_int(value: Any) -> int:
@@ -320,7 +354,9 @@ def _apply(key: str, value: Any, core: dict, hparams: dict, data: dict, method_c
         if normalize(section) != method_cls.name:
             return  # a setting for another method of the same command
         section = ""  # `joint.lr=...`: any setting (core, method or data), for that method's runs only
-    if section == "" and bare in CORE_FIELDS:
+    if section == "" and bare in AUTO_ON_CUDA:
+        core[bare] = _auto_or_bool(bare, value)
+    elif section == "" and bare in CORE_FIELDS:
         core[bare] = coerce(bare, value, CORE_FIELDS[bare].default, _choices_of(_CORE_TYPES[bare]))
         if bare in CORE_RANGES:
             check_range(bare, core[bare], *CORE_RANGES[bare])

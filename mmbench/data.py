@@ -8,6 +8,8 @@ normalisation run on whole batches on the training device (`Dataset.transform`).
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -30,6 +32,10 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device, non_blocking=True) for t in (self.audio, self.visual, self.y, self.index)))
+
+    def pin_memory(self) -> Batch:
+        """In page-locked memory, so that `to(cuda)` is an asynchronous copy."""
+        return Batch(*(t.pin_memory() for t in (self.audio, self.visual, self.y, self.index)))
 
 
 @dataclass
@@ -63,6 +69,49 @@ class TensorSplit:
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             yield Batch(self.audio[rows], self.visual[rows], self.y[rows], rows)
+
+
+def prefetched(batches: Iterator[Batch], pin: bool, depth: int = 2) -> Iterator[Batch]:
+    """`batches`, read up to `depth` ahead on a background thread (into pinned memory when `pin`), so
+    that the host's gather out of the memory map overlaps the device's work on the previous steps.
+    The same batches in the same order, with the same draws: the thread is the only reader of
+    `batches` and of the generator it draws from. An error in the thread is raised here; closing
+    this iterator early (or an error in the consumer) stops the thread."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: tuple[Batch | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not offer((batch.pin_memory() if pin else batch, None)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the consumer)
+            offer((None, exc))
+            return
+        offer((None, None))
+
+    thread = threading.Thread(target=produce, name="mmbench-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = slots.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
+        thread.join()
 
 
 class Split(Protocol):
@@ -158,8 +207,10 @@ class Dataset(Plugin):
         fingerprint); not part of the run's identity."""
         return {}
 
-    def place(self, device: torch.device) -> None:
-        """Move what the dataset holds to the training device where that pays (default: nothing)."""
+    def place(self, device: torch.device) -> bool:
+        """Move what the dataset holds to the training device where that pays (default: nothing);
+        true when batches are then gathered there (else the engine prefetches them on a thread)."""
+        return False
 
     def transform(self, batch: Batch, train: bool, generator: torch.Generator) -> Batch:
         """Batch-level augmentation (train) or deterministic preprocessing (eval), on device."""

@@ -15,6 +15,7 @@ import contextlib
 import copy
 import ctypes
 import dataclasses
+import itertools
 import math
 import os
 import platform
@@ -38,9 +39,9 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import mmbench  # noqa: E402
-from mmbench.config import RunConfig, to_yaml  # noqa: E402
+from mmbench.config import AUTO_ON_CUDA, RunConfig, to_yaml  # noqa: E402
 from mmbench.cpus import default_threads  # noqa: E402
-from mmbench.data import Batch, Dataset, Split, Splits, carve_validation  # noqa: E402
+from mmbench.data import Batch, Dataset, Split, Splits, carve_validation, prefetched  # noqa: E402
 from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
 from mmbench.metrics import (  # noqa: E402
     classification_metrics,
@@ -49,7 +50,7 @@ from mmbench.metrics import (  # noqa: E402
     modality_scores,
     true_class_score,
 )
-from mmbench.models import Outputs, build_av_model  # noqa: E402
+from mmbench.models import Encoder, Outputs, build_av_model  # noqa: E402
 from mmbench.registry import DATASETS, METHODS  # noqa: E402
 from mmbench.results import (  # noqa: E402
     RunPaths,
@@ -112,11 +113,11 @@ def tune_allocator() -> None:
         pass  # not glibc
 
 
-def set_deterministic_algorithms(mode: bool) -> None:
+def set_deterministic_algorithms(mode: bool, compiled: bool = False) -> None:
     """`torch.use_deterministic_algorithms(mode, warn_only=True)` without its import of torch._inductor
-    (3 s of every run's start-up), which only sets the flag for compiled code; mmbench compiles nothing,
-    and once inductor is imported the public call is used."""
-    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+    (3 s of every run's start-up), which only sets the flag for compiled code: the public call is used
+    for a run that compiles (`compiled`) and once inductor is imported."""
+    if compiled or "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
         torch.use_deterministic_algorithms(mode, warn_only=True)
     else:
         torch._C._set_deterministic_algorithms(mode, warn_only=True)
@@ -124,7 +125,7 @@ def set_deterministic_algorithms(mode: bool) -> None:
 
 def configure_determinism(cfg: RunConfig) -> int:
     torch.set_num_threads(cfg.num_threads if cfg.num_threads > 0 else DEFAULT_THREADS)
-    set_deterministic_algorithms(cfg.deterministic)
+    set_deterministic_algorithms(cfg.deterministic, compiled=cfg.compile != "none")
     torch.backends.cudnn.benchmark = not cfg.deterministic
     return torch.get_num_threads()
 
@@ -181,18 +182,27 @@ def infer(model: nn.Module, split: Split, dataset: Dataset, ctx: RunContext,
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
-    for batch in split.batches(ctx.cfg.eval_batch_size):
-        batch = dataset.transform(batch.to(ctx.device), train=False, generator=ctx.generator("augment"))
-        with ctx.autocast():
-            out = forward(batch)
-        values = {"logits": out.logits, "logits_a": out.logits_a, "logits_v": out.logits_v,
-                  "feat_norm_a": None if out.feat_a is None else out.feat_a.float().norm(dim=1),
-                  "feat_norm_v": None if out.feat_v is None else out.feat_v.float().norm(dim=1)}
-        for key, value in values.items():
-            if value is not None:
-                parts.setdefault(key, []).append(value.float().cpu())
+    # Compiled encoders serve the training shapes; evaluation's other batch sizes and no-grad mode would
+    # each compile new graphs (past dynamo's recompile limit) for a small share of the work.
+    eager = torch.compiler.set_stance("force_eager") if ctx.cfg.compile != "none" else contextlib.nullcontext()
+    with eager:
+        for batch in split.batches(ctx.cfg.eval_batch_size):
+            _infer_batch(batch, dataset, ctx, forward, parts)
     model.train(was_training)
     return {key: torch.cat(chunks) for key, chunks in parts.items()}
+
+
+def _infer_batch(batch: Batch, dataset: Dataset, ctx: RunContext, forward: Callable[[Batch], Outputs],
+                 parts: dict[str, list[torch.Tensor]]) -> None:
+    batch = dataset.transform(batch.to(ctx.device), train=False, generator=ctx.generator("augment"))
+    with ctx.autocast():
+        out = forward(batch)
+    values = {"logits": out.logits, "logits_a": out.logits_a, "logits_v": out.logits_v,
+              "feat_norm_a": None if out.feat_a is None else out.feat_a.float().norm(dim=1),
+              "feat_norm_v": None if out.feat_v is None else out.feat_v.float().norm(dim=1)}
+    for key, value in values.items():
+        if value is not None:
+            parts.setdefault(key, []).append(value.float().cpu())
 
 
 def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: Split,
@@ -217,15 +227,25 @@ def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: Split,
 
 
 def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Split,
-                optimizer: torch.optim.Optimizer, ctx: RunContext, reporter: Reporter) -> dict[str, float]:
-    """One pass over the training split in the seeded order; returns the epoch's train stats.
+                optimizer: torch.optim.Optimizer, ctx: RunContext, reporter: Reporter,
+                prefetch: bool = False) -> dict[str, float]:
+    """One pass over the training split in the seeded order (with drop_last, the short last batch is not
+    drawn); returns the epoch's train stats. With `prefetch` the batches
+    are gathered on a background thread, into pinned memory on CUDA, while the device trains.
 
     Loss, correct predictions and rho stay on the device and are read once, at the end of the epoch
     (on a GPU every read is a host-device sync). A non-finite loss is noted on the device with its
     step and read every FINITE_CHECK_EVERY steps, so training stops within that many steps of it."""
     stats = _EpochStats(ctx.device)
-    for step, batch in enumerate(train.batches(ctx.cfg.batch_size, ctx.generator("order"))):
+    batches = itertools.islice(train.batches(ctx.cfg.batch_size, ctx.generator("order")),
+                               steps_per_epoch(len(train), ctx.cfg))
+    if prefetch:
+        batches = prefetched(batches, pin=ctx.device.type == "cuda")
+    cuda_graphs = ctx.cfg.compile == "reduce-overhead" and ctx.device.type == "cuda"
+    for step, batch in enumerate(batches):
         ctx.step = step
+        if cuda_graphs:  # the previous step's graph outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
         batch = dataset.transform(batch.to(ctx.device), train=True, generator=ctx.generator("augment"))
         out, loss = method.train_step(model, batch, optimizer, ctx)
         stats.add(step, loss.detach(), out, out.targets(batch.y))
@@ -237,6 +257,10 @@ def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Split
 
 
 FINITE_CHECK_EVERY = 50
+
+
+def steps_per_epoch(rows: int, cfg: RunConfig) -> int:
+    return rows // cfg.batch_size if cfg.drop_last else math.ceil(rows / cfg.batch_size)
 
 
 class _EpochStats:
@@ -276,14 +300,21 @@ class _EpochStats:
                 "train_acc": int(self.correct) / self.seen if self.seen else math.nan, "train_rho": rho}
 
 
-def build_model(method: Method, ctx: RunContext) -> nn.Module:
+def build_model(method: Method, ctx: RunContext, compile_encoders: bool = False) -> nn.Module:
     """The shared backbone from the "init" stream, then the method's additions from its own
-    seed, so that a method's extra parameters shift no stream that other methods share."""
+    seed, so that a method's extra parameters shift no stream that other methods share.
+    With `compile_encoders` and the `compile` key set, every encoder is compiled in place
+    (`nn.Module.compile`: parameter names and the method's hooks stay as they are)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(ctx.cfg.seed, "init"))
-        backbone = build_av_model(ctx.cfg, ctx.num_classes)
+        backbone = build_av_model(ctx.cfg, ctx.num_classes, ctx.cfg.uses("channels_last", ctx.device.type))
         torch.manual_seed(derive_seed(ctx.cfg.seed, "method-init"))
-        return method.build(backbone, ctx).to(ctx.device)
+        model = method.build(backbone, ctx).to(ctx.device)
+    if compile_encoders and ctx.cfg.compile != "none":
+        for module in model.modules():
+            if isinstance(module, Encoder):
+                module.compile(mode=ctx.cfg.compile, dynamic=False)  # a graph per shape: the batch sizes are few
+    return model
 
 
 class Checkpoint:
@@ -447,13 +478,16 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
 
     dataset = DATASETS.get(cfg.dataset)(cfg)
     splits = load_splits(dataset, cfg)
-    dataset.place(device)
-    steps = math.ceil(len(splits.train) / cfg.batch_size)
+    resident = bool(dataset.place(device))
+    steps = steps_per_epoch(len(splits.train), cfg)
+    if steps == 0:
+        raise RunFailed(f"drop_last=true drops every batch: batch_size={cfg.batch_size} is more than the "
+                        f"{len(splits.train)} training rows; lower batch_size or set drop_last=false")
     ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps, val=splits.val)
     ctx.infer = lambda model, split, forward=None: infer(
         model, split, dataset, ctx, forward or (lambda b: model(b.audio, b.visual)))
     method: Method = METHODS.get(cfg.method)(ctx)
-    model = build_model(method, ctx)
+    model = build_model(method, ctx, compile_encoders=True)
     optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)
     checkpoint = Checkpoint(paths, cfg.checkpoint_every_s)
     progress = Progress()
@@ -471,7 +505,8 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
             step_schedule(scheduler)
         lr = optimizer.param_groups[0]["lr"]
         method.on_epoch_start(model, ctx)
-        train_stats = train_epoch(model, method, dataset, splits.train, optimizer, ctx, reporter)
+        train_stats = train_epoch(model, method, dataset, splits.train, optimizer, ctx, reporter,
+                                  prefetch=device.type == "cuda" and not resident)
         progress.train_time += time.perf_counter() - epoch_t0
         progress.train_samples += len(splits.train)
         if cfg.lr_step_at == "epoch_end":
@@ -508,6 +543,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
         evaluations["best_val"] = _evaluate_selected(best_model, method, dataset, splits, ctx)
 
     row = _run_row(cfg, dataset, splits, evaluations, progress)
+    row.update({key: cfg.uses(key, device.type) for key in AUTO_ON_CUDA})  # what ran, where the config says auto
     row.update(_provenance(device, num_threads, started, time.perf_counter() - t0,
                            progress.train_samples / progress.train_time if progress.train_time else math.nan))
     write_run(paths, row, progress.epoch_rows, _prediction_columns(cfg.run_id, splits.test, evaluations))

@@ -66,8 +66,9 @@ class RunContext:
         return self.generators[purpose]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when `bf16` is set; wrap forward and loss, not backward."""
-        if self.cfg.bf16 and self.device.type == "cuda":
+        """bf16 autocast on CUDA when `bf16` is on there (true, or auto in the benchmark profile); wrap
+        forward and loss, not backward."""
+        if self.cfg.uses("bf16", self.device.type):
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 

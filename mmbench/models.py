@@ -213,10 +213,12 @@ class AVModel(nn.Module):
         return self.fusion(*self.encode(audio, visual))
 
 
-def build_av_model(cfg: RunConfig, num_classes: int) -> AVModel:
-    """The default model: two encoders of `cfg.encoder` and the `cfg.fusion` head."""
-    audio = Encoder(build_encoder(cfg.encoder, 1, cfg.encoder_width), cfg.channels_last)
-    visual = Encoder(build_encoder(cfg.encoder, 3, cfg.encoder_width), cfg.channels_last)
+def build_av_model(cfg: RunConfig, num_classes: int, channels_last: bool | None = None) -> AVModel:
+    """The default model: two encoders of `cfg.encoder` and the `cfg.fusion` head, in channels-last
+    memory format when `channels_last` (default: `cfg.channels_last` is true)."""
+    channels_last = cfg.channels_last is True if channels_last is None else channels_last
+    audio = Encoder(build_encoder(cfg.encoder, 1, cfg.encoder_width), channels_last)
+    visual = Encoder(build_encoder(cfg.encoder, 3, cfg.encoder_width), channels_last)
     fusion = init_linear(FUSIONS[cfg.fusion](audio.out_dim, visual.out_dim, num_classes), cfg.linear_init)
     model = AVModel(audio, visual, fusion)
-    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    return model.to(memory_format=torch.channels_last) if channels_last else model

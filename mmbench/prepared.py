@@ -202,13 +202,14 @@ class PreparedDataset(Dataset):
                             f"{len(train)} train and {len(test)} test clips in the cache")
         return train, test
 
-    def place(self, device: torch.device) -> None:
+    def place(self, device: torch.device) -> bool:
         """On a GPU with room for the whole cache (CREMA-D at 224 x 224: 3.5 GiB), hold it there."""
         if device.type != "cuda":
-            return  # the CPU reads the memory map directly
+            return False  # the CPU reads the memory map directly
         free, _ = torch.cuda.mem_get_info(device)
         if self.store().nbytes <= RESIDENT_SHARE * free:
             self.store().to_device(device)
+        return self.store().resident
 
     def transform(self, batch: Batch, train: bool, generator: torch.Generator) -> Batch:
         audio = batch.audio.float().unsqueeze(1)

@@ -52,7 +52,7 @@ RUN_SCHEMA = pa.schema([
     *_fields(pa.string(), ["run_id", "status", "profile", "optimizer", "lr_step_at", "encoder", "fusion",
                            "linear_init", "device", "classes", "code_version", "mmbench_version", "git_sha",
                            "torch_version", "torchvision_version", "python_version", "platform", "device_name",
-                           "started_at", "finished_at", "config_json", "log"]),
+                           "started_at", "finished_at", "config_json", "log", "compile"]),
     *_fields(pa.int64(), ["seed", "epochs", "batch_size", "eval_batch_size", "lr_step", "encoder_width",
                           "split_seed", "num_threads", "pair_key", "n_train", "n_val", "n_test", "schema_version",
                           "best_val_epoch", "paper_max_epoch", "final_n_correct", "best_val_n_correct"]),
@@ -60,7 +60,7 @@ RUN_SCHEMA = pa.schema([
                             "best_val_val_acc",
                             "paper_max_acc", "wall_s", "train_samples_per_s",
                             *[f"{sel}_{m}" for sel in ("final", "best_val") for m in _METRICS]]),
-    *_fields(pa.bool_(), ["bf16", "channels_last", "deterministic", "crn", "method_reference",
+    *_fields(pa.bool_(), ["bf16", "channels_last", "deterministic", "drop_last", "crn", "method_reference",
                           "method_calibrates"]),
     *_fields(pa.string(), ["hparams", "data", "diagnostics"]),
 ])

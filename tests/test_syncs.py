@@ -61,8 +61,18 @@ def _epoch_reads(method_name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int
             with reads.paused():
                 return _original(self, *args, **kwargs)
         monkeypatch.setattr(engine._EpochStats, name, excluded)
-    engine.train_epoch(model, method, dataset, splits.train, optimizer, ctx, engine.Reporter())
-    return reads.count, -(-len(splits.train) // cfg.batch_size), reads.where
+    steps = StepCount()
+    engine.train_epoch(model, method, dataset, splits.train, optimizer, ctx, steps)
+    assert steps.count == -(-len(splits.train) // cfg.batch_size) > 1  # a whole epoch was trained
+    return reads.count, steps.count, reads.where
+
+
+class StepCount(engine.Reporter):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.count += 1
 
 
 @pytest.mark.parametrize("method", METHODS.names())
