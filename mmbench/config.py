@@ -46,12 +46,13 @@ class RunConfig:
     epochs: int = 100
     batch_size: int = 64
     eval_batch_size: int = 256
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "adam", "adagrad"] = "sgd"
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_step: int = 70
     lr_gamma: float = 0.1
+    lr_milestones: tuple[int, ...] = ()
     lr_step_at: Literal["epoch_end", "epoch_start"] = "epoch_end"
     encoder: Literal["resnet18", "small_cnn"] = "resnet18"
     encoder_width: int = 32
@@ -63,6 +64,7 @@ class RunConfig:
     channels_last: bool | Literal["auto"] = "auto"
     deterministic: bool = True
     drop_last: bool = False
+    eval_every: int = 1
     # Execution only: recorded with the results but not part of the run's identity.
     device: str = "auto"
     num_threads: int = 0
@@ -71,6 +73,10 @@ class RunConfig:
     compile: Literal["none", "default", "reduce-overhead"] = "none"
     hparams: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # a config read back from JSON holds a list; the hash and the schedule must not depend on that
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,7 +124,8 @@ AUTO_ON_CUDA = ("bf16", "channels_last")
 # bf16 and channels_last were plain booleans with default false, and every finished run was a CPU run or
 # said so explicitly: `auto` hashes as the old default, an explicit false as a new value.
 _LEGACY_IDENTITY: dict[str, dict[Any, Any]] = {key: {"auto": False, False: "off"} for key in AUTO_ON_CUDA}
-_OMITTED_AT_DEFAULT = ("drop_last",)  # added after runs were stored; at its default it computes what they did
+# Added after runs were stored: at their defaults they compute what those runs did.
+_OMITTED_AT_DEFAULT = ("drop_last", "lr_milestones", "eval_every")
 FIXED_KEYS = frozenset({"method", "dataset", "seed", "hparams", "data"})
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in FIXED_KEYS}
 _CORE_TYPES = typing.get_type_hints(RunConfig)
@@ -131,7 +138,7 @@ CORE_RANGES: dict[str, tuple[float, float, bool]] = {
     "lr": (0, math.inf, False), "momentum": (0, 1, True), "weight_decay": (0, math.inf, True),
     "lr_step": (1, math.inf, True), "lr_gamma": (0, 1, False), "encoder_width": (1, math.inf, True),
     "val_fraction": (0, 0.9, False), "split_seed": (0, math.inf, True), "num_threads": (0, math.inf, True),
-    "checkpoint_every_s": (0, math.inf, True),
+    "checkpoint_every_s": (0, math.inf, True), "eval_every": (1, math.inf, True),
 }
 
 
@@ -140,7 +147,10 @@ CORE_HELP: dict[str, str] = {
     "epochs": "training epochs", "batch_size": "training batch size", "eval_batch_size": "batch size of evaluation",
     "optimizer": "optimiser of the model", "lr": "learning rate", "momentum": "SGD momentum",
     "weight_decay": "L2 weight decay", "lr_step": "the learning rate falls every lr_step epochs ...",
-    "lr_gamma": "... by this factor", "lr_step_at": "whether the schedule steps at the end or the start of an epoch",
+    "lr_gamma": "... by this factor",
+    "lr_milestones": "epochs at which the learning rate falls by lr_gamma, e.g. [30, 60] (MultiStepLR; replaces "
+                     "lr_step when given)",
+    "lr_step_at": "whether the schedule steps at the end or the start of an epoch",
     "encoder": "audio and visual encoder", "encoder_width": "channels of the small_cnn encoder",
     "fusion": "how the two modalities' features are fused", "linear_init": "initialisation of linear layers",
     "val_fraction": "share of the training split held out for validation (model selection)",
@@ -148,6 +158,8 @@ CORE_HELP: dict[str, str] = {
     "bf16": "bfloat16 autocast on CUDA (auto: on for the benchmark profile on CUDA; it changes the numbers)",
     "channels_last": "channels-last memory format on CUDA (auto: on for the benchmark profile on CUDA)",
     "deterministic": "deterministic algorithms (bit-identical reruns); false lets cuDNN pick the fastest kernels",
+    "eval_every": "evaluate validation and test every this many epochs and after the last one (model selection "
+                  "sees only those epochs)",
     "drop_last": "skip the last short training batch of each epoch (static shapes; the official codes keep it)",
     "device": "auto, cpu, cuda or cuda:N (not part of the run's identity)",
     "num_threads": "CPU threads; 0 = the cores this process may use, at most 8 (not part of the run's identity)",
@@ -235,6 +247,19 @@ def _auto_or_bool(key: str, value: Any) -> bool | str:
         return _to_bool(value)
     except ValueError:
         raise ConfigError(f"{key}={value!r} is not allowed; choices: auto, true, false") from None
+
+
+def _milestones(value: Any) -> tuple[int, ...]:
+    """`[30, 60]` (YAML, or a string from --set; `30,60` too) as increasing positive epochs."""
+    error = ConfigError(f"lr_milestones={value!r}: expected increasing epochs >= 1, e.g. --set lr_milestones=[30,60]")
+    try:
+        parsed = yaml.safe_load(value if "[" in value else f"[{value}]") if isinstance(value, str) else value
+        epochs = tuple(_to_int(v) for v in (parsed if isinstance(parsed, (list, tuple)) else [parsed]))
+    except (TypeError, ValueError, yaml.YAMLError):
+        raise error from None
+    if any(e < 1 for e in epochs) or list(epochs) != sorted(set(epochs)):
+        raise error
+    return epochs
 
 
 def _to_int(value: Any) -> int:
@@ -356,6 +381,8 @@ def _apply(key: str, value: Any, core: dict, hparams: dict, data: dict, method_c
         section = ""  # `joint.lr=...`: any setting (core, method or data), for that method's runs only
     if section == "" and bare in AUTO_ON_CUDA:
         core[bare] = _auto_or_bool(bare, value)
+    elif section == "" and bare == "lr_milestones":
+        core[bare] = _milestones(value)
     elif section == "" and bare in CORE_FIELDS:
         core[bare] = coerce(bare, value, CORE_FIELDS[bare].default, _choices_of(_CORE_TYPES[bare]))
         if bare in CORE_RANGES:

@@ -24,8 +24,8 @@ def run_label(cfg: RunConfig) -> str:
 
 def epoch_line(cfg: RunConfig, epochs: int, row: dict[str, Any]) -> str:
     return (f"[{run_label(cfg)}] epoch {row['epoch'] + 1}/{epochs} loss {row['train_loss']:.4f} "
-            f"val acc {_fmt(row['val_acc'])} test acc {_fmt(row['test_acc'])} "
-            f"(a {_fmt(row['test_acc_head_a'])}, v {_fmt(row['test_acc_head_v'])}) {row['epoch_wall_s']:.1f}s")
+            f"val acc {_fmt(row.get('val_acc'))} test acc {_fmt(row.get('test_acc'))} "
+            f"(a {_fmt(row.get('test_acc_head_a'))}, v {_fmt(row.get('test_acc_head_v'))}) {row['epoch_wall_s']:.1f}s")
 
 
 class PlainReporter(Reporter):
@@ -74,7 +74,7 @@ class RichReporter(Reporter):
         self.progress.update(self.task, advance=1, description=self._describe(float(loss)))
 
     def epoch_finished(self, row: dict[str, Any]) -> None:
-        self.epoch, self.val_acc = row["epoch"] + 1, row["val_acc"]
+        self.epoch, self.val_acc = row["epoch"] + 1, row.get("val_acc", self.val_acc)
         if self.progress is not None:  # printed above the bar, so the history stays when the bar goes
             self.progress.console.print(epoch_line(self.cfg, self.epochs, row), markup=False, highlight=False)
 

@@ -52,8 +52,8 @@ RUN_SCHEMA = pa.schema([
     *_fields(pa.string(), ["run_id", "status", "profile", "optimizer", "lr_step_at", "encoder", "fusion",
                            "linear_init", "device", "classes", "code_version", "mmbench_version", "git_sha",
                            "torch_version", "torchvision_version", "python_version", "platform", "device_name",
-                           "started_at", "finished_at", "config_json", "log", "compile"]),
-    *_fields(pa.int64(), ["seed", "epochs", "batch_size", "eval_batch_size", "lr_step", "encoder_width",
+                           "started_at", "finished_at", "config_json", "log", "compile", "lr_milestones"]),
+    *_fields(pa.int64(), ["seed", "epochs", "eval_every", "batch_size", "eval_batch_size", "lr_step", "encoder_width",
                           "split_seed", "num_threads", "pair_key", "n_train", "n_val", "n_test", "schema_version",
                           "best_val_epoch", "paper_max_epoch", "final_n_correct", "best_val_n_correct"]),
     *_fields(pa.float64(), ["lr", "momentum", "weight_decay", "lr_gamma", "val_fraction", "checkpoint_every_s",
@@ -276,7 +276,7 @@ def write_epochs(paths: RunPaths, epochs: list[dict[str, Any]]) -> None:
 
 def config_columns(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config as flat columns: core keys as they are, hp_<name>, data_<name>."""
-    columns = {k: v for k, v in cfg.to_dict().items() if k not in ("hparams", "data")}
+    columns = {k: _scalar(v) for k, v in cfg.to_dict().items() if k not in ("hparams", "data")}
     columns.update({f"hp_{k}": _scalar(v) for k, v in cfg.hparams.items()})
     columns.update({f"data_{k}": _scalar(v) for k, v in cfg.data.items()})
     columns["config_json"] = json.dumps(cfg.to_dict(), sort_keys=True, default=str)

@@ -111,6 +111,18 @@ def synthetic_run(tmp_path_factory):
     return run
 
 
+def stop_after_epoch(epoch: int) -> Any:
+    """A reporter that interrupts a run (as Ctrl-C would) once `epoch` (from 0) finished."""
+    from mmbench import engine
+
+    class Stop(engine.Reporter):
+        def epoch_finished(self, row: dict[str, Any]) -> None:
+            if row["epoch"] == epoch:
+                raise KeyboardInterrupt
+
+    return Stop()
+
+
 def interruptible() -> None:
     """`preexec_fn` of a child that a test interrupts with SIGINT: under a shell started in the background
     (`.ci/run &`) SIGINT is ignored, children inherit that, and Python then raises no KeyboardInterrupt."""

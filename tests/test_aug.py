@@ -14,7 +14,7 @@ from mmbench.config import resolve
 from mmbench.methods.aug import assign_head, boosting_loss, is_check_epoch, residual_target
 from mmbench.results import read_epochs, read_preds, run_paths
 
-from .conftest import tiny_config, train_steps
+from .conftest import stop_after_epoch, tiny_config, train_steps
 
 
 def test_residual_target_lowers_only_the_true_class():
@@ -101,14 +101,8 @@ def test_inference_is_the_late_fusion_of_summed_heads():
 def test_resume_restores_grown_heads_and_optimizer_and_ends_the_same(tmp_path):
     cfg = tiny_config("aug", epochs=5)
     reference = engine.run(cfg, tmp_path / "ref")
-
-    class StopAfterEpoch2(engine.Reporter):
-        def epoch_finished(self, row):
-            if row["epoch"] == 2:
-                raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        engine.run(cfg, tmp_path / "cut", StopAfterEpoch2())
+        engine.run(cfg, tmp_path / "cut", stop_after_epoch(2))
     state = torch.load(run_paths(tmp_path / "cut", cfg).checkpoint_dir / "last.pt", weights_only=False)
     heads = state["method"]["heads"]
     assert sum(heads.values()) > 2, "heads must have grown before the interruption"

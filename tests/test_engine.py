@@ -383,6 +383,43 @@ def test_lr_step_at_moves_each_decay_one_epoch_earlier(tmp_path, step_at, expect
     assert lrs == pytest.approx([0.01 * f for f in expected])
 
 
+def test_eval_every_evaluates_every_nth_epoch_and_the_last_and_selects_among_them(tmp_path):
+    cfg = tiny_config(epochs=5, eval_every=2)
+    row = engine.run(cfg, tmp_path)
+    epochs = read_epochs(tmp_path).sort_values("epoch")
+    evaluated = epochs.loc[epochs["val_acc"].notna(), "epoch"].tolist()
+    assert evaluated == epochs.loc[epochs["test_acc"].notna(), "epoch"].tolist() == [1, 3, 4]
+    assert row["best_val_epoch"] in evaluated and row["paper_max_epoch"] in evaluated
+    assert row["best_val_val_acc"] == epochs["val_acc"].max()
+    assert row["eval_every"] == 2 and cfg.run_id != tiny_config(epochs=5).run_id
+
+
+def test_lr_milestones_decay_at_each_listed_epoch(tmp_path):
+    """MultiStepLR([1, 3], 0.1) replaces StepLR(lr_step): the rate falls after epochs 1 and 3."""
+    cfg = tiny_config(epochs=5, lr=0.01, lr_gamma=0.1, lr_step=2, lr_milestones="[1,3]", n_train=64, n_test=32)
+    row = engine.run(cfg, tmp_path)
+    lrs = read_epochs(tmp_path).sort_values("epoch")["lr"].tolist()
+    assert lrs == pytest.approx([0.01, 0.001, 0.001, 0.0001, 0.0001])
+    assert json.loads(row["config_json"])["lr_milestones"] == [1, 3]
+
+
+@pytest.mark.parametrize(("name", "cls", "coupled_decay"), [("adam", torch.optim.Adam, True),
+                                                            ("adagrad", torch.optim.Adagrad, True),
+                                                            ("adamw", torch.optim.AdamW, False)])
+def test_each_optimizer_is_pytorchs_with_the_configured_rate_and_decay(name, cls, coupled_decay):
+    cfg = tiny_config(optimizer=name, lr=0.02, weight_decay=0.5)
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer, _ = engine.build_optimizer([weight], cfg)
+    assert type(optimizer) is cls
+    assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (0.02, 0.5)
+    weight.grad = torch.zeros(3)  # only the decay moves the weight: L2 in the gradient, or decoupled
+    optimizer.step()
+    if coupled_decay:  # Adam/Adagrad normalise the decay gradient: the first step moves by lr
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - 0.02))
+    else:  # AdamW: w <- w (1 - lr wd), and a zero gradient adds nothing
+        torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - 0.02 * 0.5))
+
+
 def test_temporary_files_a_killed_writer_left_are_removed_by_the_next_write(tmp_path):
     """Issue 15.23: kill -9 during a result write left `.<name>.*.tmp` files that no rerun removed."""
     import os

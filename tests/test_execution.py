@@ -4,13 +4,14 @@ the compiled encoders must compute what the plain loop computes."""
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 import torch
 
 from mmbench import engine
-from mmbench.config import ConfigError, resolve
+from mmbench.config import ConfigError, RunConfig, resolve
 from mmbench.data import Batch, prefetched
 from mmbench.results import read_preds, run_paths
 
@@ -30,6 +31,13 @@ ISSUED_RUN_IDS = [
 @pytest.mark.parametrize(("method", "overrides", "run_id"), ISSUED_RUN_IDS)
 def test_run_ids_issued_before_the_new_keys_are_unchanged(method, overrides, run_id):
     assert resolve(method, "synthetic", 1, "benchmark", overrides).run_id == run_id
+
+
+@pytest.mark.parametrize("overrides", [{}, {"lr_milestones": "[3,5]", "bf16": "false", "drop_last": "true"}])
+def test_a_config_read_back_from_json_keeps_its_run_id(overrides):
+    """Workers and resumed runs rebuild the config from JSON, where tuples come back as lists."""
+    cfg = resolve("joint", "synthetic", 1, overrides=overrides)
+    assert RunConfig(**json.loads(json.dumps(cfg.to_dict()))).run_id == cfg.run_id
 
 
 def test_new_settings_get_new_run_ids_and_execution_keys_do_not():
