@@ -97,6 +97,9 @@ class OGMGE(Method):
     dataset_hparams = {"cremad": {"alpha": 0.8}, "kinetics-sounds": {"alpha": 0.8}}
     fusions = ("concat", "sum")
     profiles = {"official": OGM_GE_RECIPE}
+    # Its GE noise spreads the seeds: 6 CI seeds caught a 2 pp drop in 83 % of simulated CI runs with 11
+    # methods under Holm's correction; 8 keep it clear of 80 % as methods are added.
+    check_suite = {"ci_seeds": 8}
     #: Which modality an exact tie s_a = s_v slows (each official code's `else` branch).
     tie_slows = "audio"
 
@@ -139,4 +142,5 @@ class OGM(OGMGE):
         "synthetic": {"warmup_epochs": 1},
     }
     profiles = {"official": {d: {**recipe, "ge": True} for d, recipe in JOURNAL_RECIPE.items()}}
+    check_suite: dict = {}  # no noise by default: N_CI seeds suffice
     tie_slows = "visual"

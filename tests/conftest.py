@@ -123,6 +123,19 @@ def stop_after_epoch(epoch: int) -> Any:
     return Stop()
 
 
+def assert_resumes_identical(method: str, out: Any, epochs: int = 3, stop_after: int = 1) -> None:
+    """A run of `method` interrupted after epoch `stop_after` and run again ends as the uninterrupted run."""
+    from mmbench import engine
+
+    cfg = tiny_config(method, epochs=epochs)
+    reference = engine.run(cfg, out / "full")
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(cfg, out / "cut", stop_after_epoch(stop_after))
+    resumed = engine.run(cfg, out / "cut")
+    for key in ("final_acc", "final_n_correct", "best_val_acc", "best_val_epoch", "final_acc_head_a", "final_rho"):
+        assert resumed[key] == reference[key], key
+
+
 def interruptible() -> None:
     """`preexec_fn` of a child that a test interrupts with SIGINT: under a shell started in the background
     (`.ci/run &`) SIGINT is ignored, children inherit that, and Python then raises no KeyboardInterrupt."""

@@ -13,7 +13,7 @@ from mmbench.methods.mmcosine import cosine_logits
 from mmbench.models import build_av_model
 from mmbench.registry import METHODS
 
-from .conftest import stop_after_epoch, tiny_config
+from .conftest import assert_resumes_identical, tiny_config
 
 
 def test_cosine_logits_equal_the_hand_values():
@@ -89,10 +89,4 @@ def test_only_concat_fusion_and_the_official_profile_for_cremad_only():
 
 
 def test_a_run_resumed_after_an_interruption_ends_identical(tmp_path):
-    cfg = tiny_config("mmcosine", epochs=3)
-    reference = engine.run(cfg, tmp_path / "full")
-    with pytest.raises(KeyboardInterrupt):
-        engine.run(cfg, tmp_path / "cut", stop_after_epoch(1))
-    resumed = engine.run(cfg, tmp_path / "cut")
-    for key in ("final_acc", "final_n_correct", "best_val_acc", "final_acc_head_a", "final_rho"):
-        assert resumed[key] == reference[key], key
+    assert_resumes_identical("mmcosine", tmp_path)
