@@ -174,7 +174,7 @@ def _describe_knobs(cls: type, knobs: dict[str, Any]) -> str:
 
 
 # Settings that reproduce a released code's behaviour (not just its recipe), shown by `list`.
-_BEHAVIOUR_KEYS = ("audio_frontend", "lr_step_at", "linear_init")
+_BEHAVIOUR_KEYS = ("audio_frontend", "lr_step_at", "lr_milestones", "linear_init")
 
 
 def _profile_quirks(cls: type, table: dict[str, dict[str, Any]]) -> str:
