@@ -111,6 +111,19 @@ def synthetic_run(tmp_path_factory):
     return run
 
 
+def step_counter() -> Any:
+    """A reporter that counts training steps in `.count` (and reads nothing from the device)."""
+    from mmbench import engine
+
+    class StepCount(engine.Reporter):
+        count = 0
+
+        def step(self, loss: Any) -> None:
+            self.count += 1
+
+    return StepCount()
+
+
 def stop_after_epoch(epoch: int) -> Any:
     """A reporter that interrupts a run (as Ctrl-C would) once `epoch` (from 0) finished."""
     from mmbench import engine

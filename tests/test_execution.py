@@ -15,7 +15,7 @@ from mmbench.config import ConfigError, RunConfig, resolve
 from mmbench.data import Batch, prefetched
 from mmbench.results import read_preds, run_paths
 
-from .conftest import tiny_config, training_setup
+from .conftest import step_counter, tiny_config, training_setup
 
 # run_ids that mmbench issued before bf16 and channels_last took `auto` and drop_last was added (commit
 # 4b2ff04, computed there with `resolve(method, "synthetic", 1, "benchmark", overrides).run_id`): the
@@ -69,18 +69,10 @@ def test_auto_keys_read_yaml_booleans_and_name_the_choices():
         resolve("joint", "synthetic", overrides={"bf16": "fast"})
 
 
-class Steps(engine.Reporter):
-    def __init__(self) -> None:
-        self.count = 0
-
-    def step(self, loss: torch.Tensor) -> None:
-        self.count += 1
-
-
 @pytest.mark.parametrize(("drop_last", "batches"), [(False, 7), (True, 6)])
 def test_drop_last_skips_the_short_batch_and_records_it(tmp_path, drop_last, batches):
     cfg = tiny_config(drop_last=drop_last, epochs=1)  # 216 training rows after validation: 6 x 32 + 24
-    steps = Steps()
+    steps = step_counter()
     row = engine.run(cfg, tmp_path, steps)
     assert row["n_train"] == 216
     assert steps.count == batches

@@ -13,7 +13,7 @@ import torch
 from mmbench import engine
 from mmbench.registry import METHODS
 
-from .conftest import tiny_config, training_setup
+from .conftest import step_counter, tiny_config, training_setup
 
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
@@ -61,18 +61,11 @@ def _epoch_reads(method_name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int
             with reads.paused():
                 return _original(self, *args, **kwargs)
         monkeypatch.setattr(engine._EpochStats, name, excluded)
-    steps = StepCount()
+    steps = step_counter()
     engine.train_epoch(model, method, dataset, splits.train, optimizer, ctx, steps)
     assert steps.count == -(-len(splits.train) // cfg.batch_size) > 1  # a whole epoch was trained
     return reads.count, steps.count, reads.where
 
-
-class StepCount(engine.Reporter):
-    def __init__(self) -> None:
-        self.count = 0
-
-    def step(self, loss: torch.Tensor) -> None:
-        self.count += 1
 
 
 @pytest.mark.parametrize("method", METHODS.names())
