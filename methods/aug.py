@@ -130,6 +130,7 @@ class AUG(Method):
     # CREMA-D: 0.5 at the code's HEAD; Kinetics-Sounds: 0.2 in the historical KS script.
     dataset_hparams = {"cremad": {"lambda_res": 0.5}, "kinetics-sounds": {"lambda_res": 0.2}}
     fusions = ("concat",)  # no fusion layer is trained; concat is the model it is built from
+    modality_logits = "late-fusion"  # the boosted heads, merged with merge_alpha
     _official = {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 70,
                  "lr_gamma": 0.1, "batch_size": 64, "image_size": 224}
     # No official KS settings exist for AUG: the CREMA-D values with the KS input pipeline

@@ -152,6 +152,7 @@ class DecisionLayerCalibration(Method):
         "during_training": "also calibrate after every epoch and use it for that epoch's evaluation",
     }
     fusions = ("concat", "sum")
+    modality_logits = "late-fusion"  # the base's per-modality logits, scaled and weighted
     # The calibration is post-hoc: its official profile is the joint training it starts from.
     profiles = {"official": OGM_GE_RECIPE}
 

@@ -64,6 +64,7 @@ class DGL(Method):
     # 74.78, and 3); `main_dgl.py` line 50 defaults to 4.
     dataset_hparams = {"cremad": {"alpha": 4.0}, "kinetics-sounds": {"alpha": 2.0}}
     fusions = ("concat",)
+    modality_logits = "fusion-slice"  # each with the head's full bias (fc on [f_m; 0])
     profiles = {"official": OFFICIAL}
 
     def forward(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:

@@ -78,6 +78,7 @@ class LFM(Method):
     citation = "Yang, Wan, Jiang, Xu. Facilitating Multimodal Classification via Dynamically Learning Modality " \
                "Gap. NeurIPS 2024"
     fusions = ("concat",)  # no fusion layer is trained; concat is the model it is built from
+    modality_logits = "late-fusion"
     profiles = {"official": {"cremad": OFFICIAL_CREMAD}}
 
     def __init__(self, ctx: RunContext) -> None:

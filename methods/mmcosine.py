@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmbench.config import RunConfig
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
 from mmbench.models import Outputs
@@ -60,7 +61,13 @@ class MMCosine(Method):
                        "evaluates; cosine = s (cos_a + cos_v), the training logits",
     }
     fusions = ("concat",)
+    modality_logits = "auxiliary-head"  # with eval_logits=linear, the default (logits_kind)
     profiles = {"official": {"cremad": OFFICIAL_CREMAD}}
+
+    @classmethod
+    def logits_kind(cls, cfg: RunConfig) -> str:
+        """The cosine terms sum to the cosine prediction, not to the linear head's."""
+        return "fusion-slice" if cfg.hparams.get("eval_logits") == "cosine" else cls.modality_logits
 
     def cosine_outputs(self, model: nn.Module, feat_a: torch.Tensor, feat_v: torch.Tensor) -> Outputs:
         weight, dim_a = model.fusion.fc.weight, model.fusion.dim_a

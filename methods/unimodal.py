@@ -34,6 +34,7 @@ class Unimodal(Method):
     choices = {"modality": ("audio", "visual")}
     help = {"modality": "the modality to train on"}
     reference = True
+    modality_logits = "single-modality"
 
     def build(self, model: AVModel, ctx: RunContext) -> nn.Module:
         # The encoder is the one joint training starts from with the same seed (paired init).

@@ -120,7 +120,8 @@ def _listing(which: str) -> list[dict[str, Any]]:
     return [{"name": name, "description": cls.description, "citation": cls.citation, "version": cls.version,
              "settings": cls.hparams if which == "methods" else cls.params,
              "choices": {k: list(v) for k, v in cls.choices.items()}, "help": cls.help,
-             **({"dataset_hparams": cls.dataset_hparams, "profiles": cls.profiles} if which == "methods"
+             **({"dataset_hparams": cls.dataset_hparams, "profiles": cls.profiles,
+                 "modality_logits": cls.modality_logits} if which == "methods"
                 else {"defaults": cls.defaults})}
             for name, cls in registry.infos()]
 
@@ -167,6 +168,9 @@ def _describe_knobs(cls: type, knobs: dict[str, Any]) -> str:
         quirks = _profile_quirks(cls, cls.profiles[profile])
         if quirks:
             lines.append(f"--profile {profile} also sets: {quirks}")
+    if hasattr(cls, "modality_logits"):
+        kind = cls.modality_logits or "from the fusion head: fusion-slice (concat, sum) or none (film, gated)"
+        lines.append(f"per-modality logits: {kind}")
     protocol = getattr(cls, "defaults", {})
     if protocol:
         lines.append("benchmark protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()))

@@ -94,9 +94,7 @@ class RunConfig:
         # Keys that came later hash as the settings they replaced, so that finished runs keep their run_ids.
         for key, legacy in _LEGACY_IDENTITY.items():
             identity[key] = legacy.get(identity[key], identity[key])
-        for key in _OMITTED_AT_DEFAULT:
-            if identity[key] == CORE_FIELDS[key].default:
-                del identity[key]
+        drop_keys_at_default(identity)
         # Where the data lives (a path on this machine) does not change what a run computes.
         location = getattr(DATASETS.info(self.dataset), "location_params", ())
         identity["data"] = {k: v for k, v in self.data.items() if k not in location}
@@ -127,6 +125,19 @@ _LEGACY_IDENTITY: dict[str, dict[Any, Any]] = {key: {"auto": False, False: "off"
 # Added after runs were stored: at their defaults they compute what those runs did.
 _OMITTED_AT_DEFAULT = ("drop_last", "lr_milestones", "eval_every")
 FIXED_KEYS = frozenset({"method", "dataset", "seed", "hparams", "data"})
+
+
+def drop_keys_at_default(settings: dict[str, Any]) -> dict[str, Any]:
+    """Remove (in place) the keys added after runs were stored that are at their defaults, so that a
+    stored config (JSON: lists for tuples) and a new one compare and hash alike."""
+    for key in _OMITTED_AT_DEFAULT:
+        if key in settings and _plain(settings[key]) == _plain(CORE_FIELDS[key].default):
+            del settings[key]
+    return settings
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 CORE_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig) if f.name not in FIXED_KEYS}
 _CORE_TYPES = typing.get_type_hints(RunConfig)
 

@@ -40,6 +40,7 @@ from torch import nn  # noqa: E402
 
 import mmbench  # noqa: E402
 from mmbench.config import AUTO_ON_CUDA, RunConfig, to_yaml  # noqa: E402
+from mmbench.cost import PassCounter  # noqa: E402
 from mmbench.cpus import default_threads  # noqa: E402
 from mmbench.data import Batch, Dataset, Split, Splits, carve_validation, prefetched  # noqa: E402
 from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
@@ -183,9 +184,11 @@ class Evaluation:
 
 
 @torch.no_grad()
-def infer(model: nn.Module, split: Split, dataset: Dataset, ctx: RunContext,
-          forward: Callable[[Batch], Outputs]) -> dict[str, torch.Tensor]:
-    """`forward` over a split in eval mode: logits, per-modality logits and feature norms (CPU)."""
+def infer(model: nn.Module, split: Split, dataset: Dataset, ctx: RunContext, forward: Callable[[Batch], Outputs],
+          features: bool = False, augment: bool = False) -> dict[str, torch.Tensor]:
+    """`forward` over a split in eval mode: logits, per-modality logits and feature norms (CPU); with
+    `features`, the features too; with `augment`, the training augmentation, drawn from the "method"
+    stream (so the shared "augment" stream stays as every method's)."""
     was_training = model.training
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {}
@@ -194,19 +197,30 @@ def infer(model: nn.Module, split: Split, dataset: Dataset, ctx: RunContext,
     eager = torch.compiler.set_stance("force_eager") if ctx.cfg.compile != "none" else contextlib.nullcontext()
     with eager:
         for batch in split.batches(ctx.cfg.eval_batch_size):
-            _infer_batch(batch, dataset, ctx, forward, parts)
+            _infer_batch(batch, dataset, ctx, forward, parts, features, augment)
     model.train(was_training)
     return {key: torch.cat(chunks) for key, chunks in parts.items()}
 
 
+def bind_infer(ctx: RunContext, dataset: Dataset) -> None:
+    """Give the methods `ctx.infer` (see RunContext.infer) over `dataset`'s splits."""
+    def bound(model: nn.Module, split: Split, forward: Callable[[Batch], Outputs] | None = None,
+              features: bool = False, augment: bool = False) -> dict[str, torch.Tensor]:
+        return infer(model, split, dataset, ctx, forward or (lambda b: model(b.audio, b.visual)), features, augment)
+
+    ctx.infer = bound
+
+
 def _infer_batch(batch: Batch, dataset: Dataset, ctx: RunContext, forward: Callable[[Batch], Outputs],
-                 parts: dict[str, list[torch.Tensor]]) -> None:
-    batch = dataset.transform(batch.to(ctx.device), train=False, generator=ctx.generator("augment"))
+                 parts: dict[str, list[torch.Tensor]], features: bool, augment: bool) -> None:
+    batch = dataset.transform(batch.to(ctx.device), train=augment,
+                              generator=ctx.generator("method" if augment else "augment"))
     with ctx.autocast():
         out = forward(batch)
     values = {"logits": out.logits, "logits_a": out.logits_a, "logits_v": out.logits_v,
               "feat_norm_a": None if out.feat_a is None else out.feat_a.float().norm(dim=1),
-              "feat_norm_v": None if out.feat_v is None else out.feat_v.float().norm(dim=1)}
+              "feat_norm_v": None if out.feat_v is None else out.feat_v.float().norm(dim=1),
+              **({"feat_a": out.feat_a, "feat_v": out.feat_v} if features else {})}
     for key, value in values.items():
         if value is not None:
             parts.setdefault(key, []).append(value.float().cpu())
@@ -474,6 +488,8 @@ class Progress:
     best_val_acc: float = -math.inf
     train_time: float = 0.0
     train_samples: int = 0
+    #: Samples through each encoder, forwards and backwards, while training (mmbench/cost.py).
+    encoder_samples: dict[str, int] = field(default_factory=dict)
 
 
 def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
@@ -490,17 +506,23 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     if steps == 0:
         raise RunFailed(f"drop_last=true drops every batch: batch_size={cfg.batch_size} is more than the "
                         f"{len(splits.train)} training rows; lower batch_size or set drop_last=false")
-    ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps, val=splits.val)
-    ctx.infer = lambda model, split, forward=None: infer(
-        model, split, dataset, ctx, forward or (lambda b: model(b.audio, b.visual)))
+    ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps, train=splits.train,
+                     val=splits.val)
+    bind_infer(ctx, dataset)
     method: Method = METHODS.get(cfg.method)(ctx)
     model = build_model(method, ctx, compile_encoders=True)
+    passes = PassCounter()
+    passes.attach(model)
     optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)
     checkpoint = Checkpoint(paths, cfg.checkpoint_every_s)
     progress = Progress()
     state = checkpoint.load(checkpoint.last)
     if state is not None:
         optimizer, scheduler, progress = _restore(state, model, method, ctx)
+        passes.samples.update(progress.encoder_samples)
+    extra_optimizers = method.extra_optimizers(model, ctx)
+    for name, extra in extra_optimizers.items() if state is not None else ():
+        extra.load_state_dict(state["extra_optimizers"][name])
     ctx.optimizer = optimizer
     reporter.run_started(cfg, cfg.epochs, steps, len(progress.epoch_rows))
 
@@ -511,14 +533,17 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
         if cfg.lr_step_at == "epoch_start":
             step_schedule(scheduler)
         lr = optimizer.param_groups[0]["lr"]
+        passes.on = True  # what the method runs between epochs (e.g. prototypes) is training cost too
         method.on_epoch_start(model, ctx)
         train_stats = train_epoch(model, method, dataset, splits.train, optimizer, ctx, reporter,
                                   prefetch=device.type == "cuda" and not resident)
         progress.train_time += time.perf_counter() - epoch_t0
-        progress.train_samples += len(splits.train)
+        progress.train_samples += min(len(splits.train), steps * cfg.batch_size)
         if cfg.lr_step_at == "epoch_end":
             step_schedule(scheduler)
         method.on_epoch_end(model, ctx)
+        passes.on = False
+        progress.encoder_samples = dict(passes.samples)
         row = {"run_id": cfg.run_id, "epoch": epoch, "lr": lr, **train_stats}
         diagnostics = {**ctx.pop_epoch_logs(), **method.diagnostics()}
         row.update({f"diag_{k}": float(v) for k, v in diagnostics.items()})
@@ -535,6 +560,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
             checkpoint.write({
                 "model": model.state_dict(), "method": method.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "extra_optimizers": {name: extra.state_dict() for name, extra in extra_optimizers.items()},
                 "generators": {k: g.get_state() for k, g in generators.items()}, "torch_rng": _global_rng(),
                 "progress": dataclasses.asdict(progress),
             })
@@ -551,6 +577,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
         evaluations["best_val"] = _evaluate_selected(best_model, method, dataset, splits, ctx)
 
     row = _run_row(cfg, dataset, splits, evaluations, progress)
+    row.update(passes.columns(progress.train_samples))
     row.update({key: cfg.uses(key, device.type) for key in AUTO_ON_CUDA})  # what ran, where the config says auto
     row.update(_provenance(device, num_threads, started, time.perf_counter() - t0,
                            progress.train_samples / progress.train_time if progress.train_time else math.nan))
@@ -626,6 +653,7 @@ def _run_row(cfg: RunConfig, dataset: Dataset, splits: Splits, evaluations: dict
     method_cls = METHODS.get(cfg.method)
     row["method_reference"] = bool(method_cls.reference)
     row["method_calibrates"] = method_cls.calibrate is not Method.calibrate
+    row["modality_logits"] = method_cls.logits_kind(cfg)
     row.update(dataset.provenance())
     row["best_val_epoch"] = progress.best_epoch
     row["best_val_val_acc"] = progress.best_val_acc

@@ -22,13 +22,26 @@ from torch import nn
 
 from mmbench.config import ConfigError, RunConfig
 from mmbench.data import Batch, Split
-from mmbench.models import AVModel, Outputs
+from mmbench.models import FUSIONS, AVModel, Outputs
 from mmbench.registry import Plugin
 
 #: Independent random streams of a run, as generators in `RunContext.generators`. Seed s
 #: gives every method the same "order" and "augment" streams and the same encoder init
 #: (seeded from `derive_seed(s, "init")`): common random numbers. "method" is the method's own.
 RNG_PURPOSES = ("order", "augment", "method")
+
+
+#: What a method's `Outputs.logits_a` and `logits_v` are (`Method.modality_logits`), recorded with each run
+#: (column `modality_logits`): the per-modality accuracies, rho and the decision-layer diagnostics read them.
+MODALITY_LOGITS = {
+    "fusion-slice": "each modality's term of a fusion head that is linear in each modality: logits_a + logits_v "
+                    "is the fused prediction (with a full bias in each where a method says so)",
+    "late-fusion": "one head per modality; the fused prediction is a weighted sum of their logits",
+    "auxiliary-head": "per-modality heads trained beside the fused prediction, which does not use them",
+    "separate-learner": "a separate model per modality; the fused prediction combines their outputs",
+    "single-modality": "one modality trained alone; the other modality has no logits",
+    "none": "the fusion head does not split by modality; there are no per-modality logits",
+}
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -50,11 +63,18 @@ class RunContext:
     step: int = 0
     #: The run's optimiser, for methods that grow the model (`optimizer.add_param_group`).
     optimizer: torch.optim.Optimizer | None = None
+    #: The training split (e.g. `ctx.train.subset(rows)` for class prototypes from some of its rows).
+    train: Split | None = None
     #: The validation split, for methods that fit something on it during training.
     val: Split | None = None
-    #: infer(model, split, forward=None) -> {"logits", "logits_a", "logits_v", ...}: the model
-    #: (or `forward(batch) -> Outputs`) over a split in eval mode, with the dataset's
-    #: evaluation transform, concatenated on the CPU (set by the engine).
+    #: infer(model, split, forward=None, features=False, augment=False) -> {"logits", "logits_a",
+    #: "logits_v", "feat_norm_a", "feat_norm_v"}: the model (or `forward(batch) -> Outputs`) over a
+    #: split in eval mode, concatenated on the CPU (set by the engine). `features=True` adds the
+    #: per-sample features "feat_a", "feat_v"; `augment=True` applies the training augmentation
+    #: (drawn from the "method" stream) instead of the evaluation transform. For example:
+    #:     some = ctx.train.subset(rows)
+    #:     parts = ctx.infer(model, some, features=True, augment=True)
+    #:     centre_of_class_c = parts["feat_a"][some.y == c].mean(0)
     infer: Callable[..., dict[str, torch.Tensor]] | None = None
     _step_logs: dict[str, list[float | torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
 
@@ -84,6 +104,13 @@ class RunContext:
         return means
 
 
+def reset_optimizer_state(optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor]) -> None:
+    """Forget what `optimizer` accumulated for `params` (momentum buffers, Adam moments and step counts),
+    so that their next step is a fresh optimiser's first, e.g. at the start of a training phase."""
+    for param in params:
+        optimizer.state.pop(param, None)
+
+
 def _to_floats(values: list[float | torch.Tensor]) -> list[float]:
     """One host read for all the epoch's tensor values (float32 -> float: exact, as float(t) per step)."""
     tensors = [v.reshape(()) for v in values if isinstance(v, torch.Tensor)]
@@ -108,6 +135,10 @@ class Method(Plugin):
     #: What `mmbench check`'s suites need on top of their settings for this method to converge (e.g.
     #: {"epochs": 20}), and "ci_seeds": how many seeds a CI run draws when its seeds spread widely.
     check_suite: ClassVar[dict[str, Any]] = {}
+    #: What `Outputs.logits_a/v` are, a key of MODALITY_LOGITS (None: what the fusion head gives:
+    #: fusion-slice for concat and sum, none for film and gated). Override `logits_kind` where it
+    #: depends on a hyperparameter.
+    modality_logits: ClassVar[str | None] = None
 
     def __init__(self, ctx: RunContext) -> None:
         self.hp = ctx.cfg.hparams
@@ -121,6 +152,13 @@ class Method(Plugin):
                 f"not fusion={cfg.fusion}; use --set fusion={cls.fusions[0]}"
             )
 
+    @classmethod
+    def logits_kind(cls, cfg: RunConfig) -> str:
+        """The MODALITY_LOGITS key of this method's per-modality logits under `cfg`."""
+        if cls.modality_logits is not None:
+            return cls.modality_logits
+        return "fusion-slice" if FUSIONS[cfg.fusion].decomposes else "none"
+
     # -- model and optimiser -------------------------------------------------------------
     def build(self, model: AVModel, ctx: RunContext) -> nn.Module:
         """The model to train. Called under the "method" random stream, after the shared
@@ -133,6 +171,16 @@ class Method(Plugin):
         `ctx.optimizer`) returns the same groups in the same order, so the saved optimiser
         state fits."""
         return model.parameters()
+
+    def extra_optimizers(self, model: nn.Module, ctx: RunContext) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers besides the run's own (e.g. one for an auxiliary classifier with its own rule), by
+        name, built once the model is (and again on resume, after `load_state_dict`). The engine saves
+        and restores their state with every checkpoint; the method keeps them to step in `train_step`:
+            def extra_optimizers(self, model, ctx):
+                self.aux_optimizer = torch.optim.Adam(model.aux.parameters(), lr=1e-3)
+                return {"aux": self.aux_optimizer}
+        Their parameters must not be in `parameters()` as well."""
+        return {}
 
     # -- one training step ------------------------------------------------------------------
     def train_step(self, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,

@@ -213,6 +213,8 @@ class Registry(Generic[T]):
             if attributes is None or not cls.__module__.startswith(self._builtin_package + "."):
                 continue  # not described by literals, or not built in: imported by every command
             entries[name] = {"module": cls.__module__, "attributes": attributes}
+        if not entries:  # modules imported before by another registry instance registered nothing here
+            return
         path = self._catalogue_path()
         _write_atomically(path, json.dumps(entries, indent=1, sort_keys=True))
         # one catalogue per version of the sources; keep a few (several installs may share the folder)

@@ -52,6 +52,8 @@ def tables(report: Report) -> list[TextTable]:
         best = _best_mean(group)
         resampled = "delta_low_rt" in group
         bca = "bootstrap_low" in group and group["bootstrap_low"].notna().any()
+        # the cost column where some method's training cost differs from the baseline's by 5 % or more
+        costly = "cost_x" in group and bool((group["cost_x"].sub(1).abs() >= 0.05).any())
         for i, r in enumerate(group.to_dict("records")):
             rows.append([r["method"], str(r["n"]), _text(r.get("n_used")), f"{pp(r['mean'])} ± {pp(r['sd'])}",
                          f"[{pp(r['ci_low'])}, {pp(r['ci_high'])}]",
@@ -59,7 +61,7 @@ def tables(report: Report) -> list[TextTable]:
                          *([_interval(r, "delta_low_rt", "delta_high_rt")] if resampled else []),
                          pvalue(r.get("p")), pvalue(r.get("p_holm")), num(r.get("d_z"), 2),
                          num(r.get("p_better"), 2), pp(r.get("mde")) if not r.get("significant") else "",
-                         _text(r.get("test")), r.get("mark") or ""])
+                         _text(r.get("test")), *([_cost(r.get("cost_x"))] if costly else []), r.get("mark") or ""])
             if _finite(best) and r["mean"] == best and r["n"] >= 2 and not r.get("reference"):
                 bold.add((i, 3))
         dropped = [f"{r['method']}: {r['dropped']}" for r in group.to_dict("records") if _text(r.get("dropped"))]
@@ -70,15 +72,18 @@ def tables(report: Report) -> list[TextTable]:
             ["method", "n", "n used", "mean ± SD", "95% CI", f"Δ vs {o.baseline} [95% CI]",
              *(["Δ BCa 95% (n ≥ 10)"] if bca else []), *(["Δ [95%, test resampled]"] if resampled else []),
              "p", "p Holm", "d_z",
-             f"P(Δ>{pp(o.rope, 0)}pp)", "MDE", "test", ""], rows, bold,
+             f"P(Δ>{pp(o.rope, 0)}pp)", "MDE", "test", *(["cost"] if costly else []), ""], rows, bold,
             "± = one SD over seeds (in every table of this report; intervals are in brackets), bold = the "
             "single best mean among non-reference methods with 2 or more seeds. "
             "Δ in pp; paired t over seeds sharing init and data order (Welch where seeds are not paired); "
             "* p<0.05, † Holm-significant, ≈ equivalent within the ROPE (TOST), ? low power; "
             "MDE = smallest Δ detectable with 80 % power, shown for non-significant rows; n used = seeds in "
-            "the comparison (method/baseline). Intervals are over seeds: the test set and the train/validation "
-            "split are held fixed (see docs/statistics.md)." + ("" if not dropped else " Left out: "
-                                                                  + " | ".join(dropped))))
+            "the comparison (method/baseline). "
+            + (f"Cost = training FLOPs per sample (encoder passes counted in training, docs/methods.md) as a "
+               f"multiple of {o.baseline}'s. " if costly else "")
+            + "Intervals are over seeds: the test set and the train/validation split are held fixed (see "
+            "docs/statistics.md)."
+            + ("" if not dropped else " Left out: " + " | ".join(dropped))))
     out.append(_imbalance(report))
     out.append(_protocol(report))
     if report.across is not None:
@@ -140,6 +145,10 @@ def _delta(r: dict) -> str:
     return f"{pp(r['delta'], sign=True)} [{pp(r['delta_low'], sign=True)}, {pp(r['delta_high'], sign=True)}]"
 
 
+def _cost(ratio: object) -> str:
+    return f"{ratio:.2f}×" if _finite(ratio) else "–"
+
+
 def _finite(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -156,13 +165,15 @@ def _imbalance(report: Report) -> TextTable:
     frame = report.imbalance
     has_shapley = "shapley_a" in frame
     has_gap = "d5_gap_a" in frame
-    headers = ["dataset", "method", "n", "audio head", "visual head", "rho", "D3 audio logit share",
-               "D4 audio decides", "D4 excess audio"] + (["φ audio", "φ visual", "I (mean of runs)", "dominant"]
-                                                         if has_shapley else []) \
+    has_kind = "logits" in frame
+    headers = ["dataset", "method", "n", *(["per-modality logits"] if has_kind else []), "audio head", "visual head",
+               "rho", "D3 audio logit share", "D4 audio decides", "D4 excess audio"] \
+        + (["φ audio", "φ visual", "I (mean of runs)", "dominant"] if has_shapley else []) \
         + (["D5 audio gap (worst class)", "D5 visual gap (worst class)"] if has_gap else [])
     rows = []
     for r in frame.to_dict("records"):
-        row = [r["dataset"], r["method"], str(r["n"]), _pm(r, "audio"), _pm(r, "visual"), num(r.get("rho"), 2),
+        row = [r["dataset"], r["method"], str(r["n"]), *([_text(r.get("logits")) or "–"] if has_kind else []),
+               _pm(r, "audio"), _pm(r, "visual"), num(r.get("rho"), 2),
                pp(r.get("d3_audio_logit"), 1), pp(r.get("d4_audio_decides"), 1), pp(r.get("d4_excess_audio"), 1)]
         if has_shapley:
             row += [pp(r.get("shapley_a")), pp(r.get("shapley_v")), num(r.get("imbalance_degree"), 2), _dominant(r)]
@@ -173,6 +184,10 @@ def _imbalance(report: Report) -> TextTable:
                "t-interval]); rho = audio/visual true-class score ratio (1 = balanced), geometric mean over runs; "
                "D3/D4 = decision-layer diagnostics: audio's share of the logit mass and of the audio-visual "
                "disagreements it decides.")
+    if has_kind:
+        caption += (" Per-modality logits: what each method's per-modality logits are (fusion-slice = its terms "
+                    "of the fused head; late-fusion = heads whose weighted sum is the prediction; auxiliary-head = "
+                    "heads the prediction does not use; docs/methods.md).")
     if has_shapley:
         caption += (" φ = Shapley contributions (pp, mean over runs); I = imbalance degree |φa−φv|/(|φa|+|φv|) of each "
                     "run, averaged; dominant = share of runs where audio (a) or visual (v) contributes more.")

@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from mmbench import stats
+from mmbench.config import drop_keys_at_default
 from mmbench.results import RunPaths, read_epochs, read_runs
 
 SELECTIONS = {"best-val": "best_val_", "final": "final_", "paper": "paper_max_"}
@@ -190,6 +191,7 @@ def protocol_settings(config_json: str, data_prefix: str = "") -> dict[str, Any]
     and the data settings (where the data lives left out), data keys prefixed with `data_prefix`."""
     config = json.loads(config_json)
     flat = {k: v for k, v in config.items() if k not in NOT_VARIANT | {"hparams", "data", "method", "dataset"}}
+    drop_keys_at_default(flat)  # a key mmbench added later, at its default, is what older runs did
     flat.update({f"{data_prefix}{k}": v for k, v in config.get("data", {}).items() if k not in LOCATION_KEYS})
     return flat
 
@@ -351,7 +353,7 @@ def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> 
             row = {"dataset": dataset, "method": method, "n": summary.n, "mean": summary.mean, "sd": summary.sd,
                    "reference": method_flag(cell, "method_reference"),
                    "ci_low": summary.ci_low, "ci_high": summary.ci_high, "median": summary.median,
-                   "seeds": ",".join(str(s) for s in sorted(cell["seed"]))}
+                   "seeds": ",".join(str(s) for s in sorted(cell["seed"])), **_training_cost(cell, base)}
             differing = _protocol_differences(cell, base) if method != options.baseline and not base.empty else ""
             if differing:  # not comparable: the difference would be the protocol's, not the method's
                 row.update({"dropped": f"not compared with {options.baseline}: {differing}", "test": None})
@@ -378,6 +380,17 @@ def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> 
     table["mark"] = [_mark(r, options) for r in table.to_dict("records")]
     _main_notes(table, options, notes, int(attempted.sum()))
     return table
+
+
+def _training_cost(cell: pd.DataFrame, base: pd.DataFrame) -> dict[str, float]:
+    """Train GFLOPs per sample (mmbench/cost.py), and as a multiple of the baseline's; nan for results
+    written before mmbench counted them."""
+    def gflops(frame: pd.DataFrame) -> float:
+        values = frame["train_gflops_per_sample"].to_numpy(float) if "train_gflops_per_sample" in frame else []
+        return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+
+    own, baseline = gflops(cell), gflops(base)
+    return {"gflops": own, "cost_x": own / baseline if baseline > 0 else math.nan}
 
 
 def _main_notes(table: pd.DataFrame, options: ReportOptions, notes: list[str], family: int) -> None:
@@ -504,6 +517,8 @@ def imbalance_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
     rows = []
     for (dataset, method), cell in runs.groupby(["dataset", "variant"], sort=False):
         row: dict[str, Any] = {"dataset": dataset, "method": method, "n": len(cell)}
+        if "modality_logits" in cell:  # what the per-modality columns read (mmbench.method.MODALITY_LOGITS)
+            row["logits"] = "/".join(sorted(set(cell["modality_logits"].dropna()))) or "–"
         for column, name in columns.items():
             if f"{prefix}{column}" in cell:
                 values = cell[f"{prefix}{column}"].to_numpy(float)

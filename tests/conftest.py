@@ -66,11 +66,14 @@ def training_setup(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
     device = torch.device("cpu")
     dataset = DATASETS.get(cfg.dataset)(cfg)
     splits = engine.load_splits(dataset, cfg)
-    ctx = RunContext(cfg, len(dataset.classes), device, engine.make_generators(cfg.seed, device))
+    ctx = RunContext(cfg, len(dataset.classes), device, engine.make_generators(cfg.seed, device),
+                     steps_per_epoch=engine.steps_per_epoch(len(splits.train), cfg), train=splits.train,
+                     val=splits.val)
+    engine.bind_infer(ctx, dataset)
     method = METHODS.get(cfg.method)(ctx)
     model = engine.build_model(method, ctx)
     optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
-    ctx.optimizer, ctx.method, ctx.train = optimizer, method, splits.train
+    ctx.optimizer, ctx.method = optimizer, method
     return dataset, splits, ctx, model, optimizer
 
 
@@ -145,7 +148,8 @@ def assert_resumes_identical(method: str, out: Any, epochs: int = 3, stop_after:
     with pytest.raises(KeyboardInterrupt):
         engine.run(cfg, out / "cut", stop_after_epoch(stop_after))
     resumed = engine.run(cfg, out / "cut")
-    for key in ("final_acc", "final_n_correct", "best_val_acc", "best_val_epoch", "final_acc_head_a", "final_rho"):
+    for key in ("final_acc", "final_n_correct", "best_val_acc", "best_val_epoch", "final_acc_head_a", "final_rho",
+                "cost_fwd_a", "cost_bwd_v", "train_gflops_per_sample"):
         assert resumed[key] == reference[key], key
 
 

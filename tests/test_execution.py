@@ -148,3 +148,6 @@ def test_compiled_encoders_train_the_model_the_eager_loop_trains(tmp_path):
                            for name in ("eager", "compiled"))
     torch.testing.assert_close(p_compiled, p_eager, atol=2e-4, rtol=0)
     assert compiled["final_n_correct"] == eager["final_n_correct"]
+    # the pass counter's hooks run on compiled encoders too
+    assert [compiled[f"cost_{k}"] for k in ("fwd_a", "bwd_v")] == [eager[f"cost_{k}"] for k in ("fwd_a", "bwd_v")]
+    assert compiled["cost_fwd_a"] == 1.0

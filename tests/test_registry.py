@@ -10,10 +10,10 @@ import torch
 from mmbench import engine
 from mmbench.config import ConfigError, resolve
 from mmbench.data import carve_validation
-from mmbench.method import Method, RunContext
+from mmbench.method import Method
 from mmbench.registry import DATASETS, METHODS, Registry, UnknownNameError, load_plugin, normalize
 
-from .conftest import TINY, tiny_config
+from .conftest import TINY, tiny_config, training_setup
 
 
 def test_builtin_plugins_are_discovered():
@@ -52,14 +52,10 @@ def test_registering_a_different_class_under_a_taken_name_fails():
 
 
 def _one_step(cfg):
-    """Build the method's model and run exactly one training step and one evaluation."""
-    device = torch.device("cpu")
-    dataset = DATASETS.get(cfg.dataset)(cfg)
-    splits = engine.load_splits(dataset, cfg)
-    ctx = RunContext(cfg, len(dataset.classes), device, engine.make_generators(cfg.seed, device))
-    method = METHODS.get(cfg.method)(ctx)
-    model = method.build(engine.build_av_model(cfg, ctx.num_classes), ctx)
-    optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
+    """Build the method's model and run its epoch-start hook, exactly one training step and one evaluation."""
+    dataset, splits, ctx, model, optimizer = training_setup(cfg)
+    method = ctx.method
+    method.on_epoch_start(model, ctx)
     before = [p.detach().clone() for p in model.parameters()]
     batch = next(splits.train.batches(cfg.batch_size, ctx.generator("order")))
     out, loss = method.train_step(model, dataset.transform(batch, True, ctx.generator("augment")),

@@ -14,6 +14,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 from mmbench.cli import app
+from mmbench.render import tables
 from mmbench.report import ReportOptions, build_report, load_results
 from mmbench.stats import capability_gap, holm
 
@@ -212,6 +213,35 @@ def test_across_datasets_with_a_method_missing_on_one():
     assert (across.loc["a", "wins"], across.loc["a", "ties"], across.loc["a", "losses"]) == (1, 1, 0)
     assert any("1 of 2 datasets" in note for note in report.notes)
     assert report.friedman is None and any("omitted" in note for note in report.notes)
+
+
+def test_training_cost_is_shown_as_a_multiple_of_the_baselines_and_the_logits_kind_per_method():
+    runs = fake_runs({("d", "joint"): BASE, ("d", "dgl"): [a + 0.01 for a in BASE], ("d", "old"): BASE})
+    runs["train_gflops_per_sample"] = np.where(runs["method"] == "dgl", 3.0, np.where(runs["method"] == "joint", 2.0,
+                                                                                        np.nan))
+    runs["modality_logits"] = np.where(runs["method"] == "dgl", "fusion-slice", "late-fusion")
+    report = build_report(runs, pd.DataFrame(), ReportOptions())
+    main = report.main.set_index("method")
+    assert main.loc["dgl", "cost_x"] == pytest.approx(1.5) and main.loc["joint", "cost_x"] == pytest.approx(1.0)
+    assert np.isnan(main.loc["old", "cost_x"])  # results written before the cost was counted
+    assert report.imbalance.set_index("method").loc["dgl", "logits"] == "fusion-slice"
+    table = next(t for t in tables(report) if t.title.startswith("d: test"))
+    column = table.headers.index("cost")
+    assert [row[column] for row in table.rows] == ["1.00×", "1.50×", "–"]
+    runs["train_gflops_per_sample"] = 2.0  # every method at the baseline's cost: no cost column
+    same = next(t for t in tables(build_report(runs, pd.DataFrame(), ReportOptions())) if t.title.startswith("d: t"))
+    assert "cost" not in same.headers
+
+
+def test_keys_added_later_at_their_defaults_do_not_separate_old_and_new_runs():
+    runs = fake_runs({("d", "joint"): BASE, ("d", "new"): [a + 0.01 for a in BASE], ("d", "other"): BASE})
+    for method, extra in (("new", {"eval_every": 1, "lr_milestones": [], "drop_last": False}),
+                          ("other", {"eval_every": 2})):
+        rows = runs["method"] == method
+        runs.loc[rows, "config_json"] = [json.dumps({**json.loads(c), **extra}) for c in runs.loc[rows, "config_json"]]
+    main = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method")
+    assert isinstance(main.loc["new", "test"], str) and not main.loc["new"].get("dropped")
+    assert "eval_every 2 vs -" in main.loc["other", "dropped"]  # a value other than the default still counts
 
 
 def test_protocol_gap_shows_the_optimism_of_test_selection():
