@@ -52,7 +52,7 @@ def window_gate(traces: list[float], window: int) -> float:
     """k = (mean of the last `window` traces - mean of the `window` before the last) / the former (lines 236-243)."""
     recent = sum(traces[-window:]) / window
     before = sum(traces[-window - 1:-1]) / window
-    return (recent - before) / recent
+    return (recent - before) / recent if recent else 0.0  # no gradient for ten epochs: nothing to acquire
 
 
 @register_method

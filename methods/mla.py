@@ -86,7 +86,7 @@ class MLA(Method):
     description = ("Alternating unimodal adaptation: one head shared by both encoders, trained in an audio "
                    "turn then a visual turn per batch (an optimiser step each); prediction = a fixed or "
                    "entropy-gated mix of the two (as released, the head's gradient projection never runs: "
-                   "owm=off).")
+                   "owm=off; departure: PyTorch 2 zero_grad by default, idle_momentum=true is the release's 1.8).")
     citation = "Zhang, Yoon, Bansal, Yao. Multimodal Representation Learning by Alternating Unimodal " \
                "Adaptation. CVPR 2024, arXiv 2311.10707"
     hparams = {"gating": "static", "av_alpha": 0.5, "owm": "off", "idle_momentum": False}

@@ -61,6 +61,7 @@ class MMCosine(Method):
                        "evaluates; cosine = s (cos_a + cos_v), the training logits",
     }
     fusions = ("concat",)
+    check_suite = {"ci_seeds": 8}  # with 6 CI seeds and 19 methods under Holm, 82 % of 2 pp drops were caught
     modality_logits = "auxiliary-head"  # with eval_logits=linear, the default (logits_kind)
     profiles = {"official": {"cremad": OFFICIAL_CREMAD}}
 

@@ -73,7 +73,8 @@ class PMR(Method):
     version = 1
     description = ("Prototypical modal rebalance: a prototype cross-entropy (distances to class-mean features "
                    "from a tenth of the training batches) on the lagging modality, as released (the paper's "
-                   "entropy regularisation is not in the code).")
+                   "entropy regularisation is not in the code; departure: a class absent from those batches keeps its "
+                   "prototype, where the release trains on NaN).")
     citation = "Fan, Xu, Wang, Wang, Guo. PMR: Prototypical Modal Rebalance for Multimodal Learning. CVPR 2023"
     hparams = {"alpha": 1.0, "momentum_coef": 0.2, "modulation_starts": 0, "modulation_ends": 100}
     dataset_hparams = {"cremad": {"alpha": 2.0, "momentum_coef": 0.0, "modulation_ends": 70}}

@@ -30,6 +30,7 @@ def test_window_gate_of_lines_236_243_by_hand():
     """History [0 x 10, 2, 3] at epoch 2: tr1 = (2 + 3) / 10 = 0.5, tr2 = 2 / 10 = 0.2, k = 0.6."""
     assert window_gate([0.0] * 10 + [2.0, 3.0], 10) == pytest.approx(0.6)
     assert window_gate([0.0] * 10 + [2.0], 10) == pytest.approx(1.0)  # epoch 1: nothing before
+    assert window_gate([0.0] * 12, 10) == 0.0  # no gradient at all (the release would divide by zero)
 
 
 def test_the_dominant_encoder_is_pulled_to_its_epoch_start_weights_and_the_fisher_sums_squared_gradients():
