@@ -483,10 +483,10 @@ class CachedSplit:
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for start in range(0, n, batch_size):
-            rows = order[start:start + batch_size]
-            yield self._batch(rows, generator)
+            yield self.take(order[start:start + batch_size], generator)
 
-    def _batch(self, rows: torch.Tensor, generator: torch.Generator | None) -> Batch:
+    def take(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
+        """The batch of `rows` in this order, random frames when `generator` is given."""
         cache_rows = torch.from_numpy(self.rows[rows.numpy()])
         audio = _gather(self.store.audio, cache_rows)
         picks = pick_frames(self.store.frame_count[cache_rows], self.frames, generator)

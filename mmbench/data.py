@@ -26,16 +26,44 @@ class Batch:
     visual: torch.Tensor
     y: torch.Tensor
     index: torch.Tensor  # row numbers in the split, for per-sample bookkeeping
+    #: Per-row modality keep-masks of a planned epoch (`Method.epoch_plan`): the engine zeroes the features
+    #: of a row's absent modality after its encoder during the training step; None: every row keeps it.
+    keep_a: torch.Tensor | None = None
+    keep_v: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def _map(self, fn: Any) -> Batch:
+        return Batch(*(None if t is None else fn(t) for t in (self.audio, self.visual, self.y, self.index,
+                                                               self.keep_a, self.keep_v)))
+
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.audio, self.visual, self.y, self.index)))
+        return self._map(lambda t: t.to(device, non_blocking=True))
 
     def pin_memory(self) -> Batch:
         """In page-locked memory, so that `to(cuda)` is an asynchronous copy."""
-        return Batch(*(t.pin_memory() for t in (self.audio, self.visual, self.y, self.index)))
+        return self._map(lambda t: t.pin_memory())
+
+
+@dataclass
+class PlannedBatch:
+    """One training step of a planned epoch: rows of the training split in this order (a row may come
+    more than once), and optionally which rows keep each modality (bool, one per row)."""
+
+    rows: torch.Tensor
+    keep_a: torch.Tensor | None = None
+    keep_v: torch.Tensor | None = None
+
+
+def plan_batches(rows: torch.Tensor, batch_size: int, keep_a: torch.Tensor | None = None,
+                 keep_v: torch.Tensor | None = None) -> list[PlannedBatch]:
+    """`rows` (with their keep-masks) cut in order into batches of `batch_size`, the last one short."""
+    def part(mask: torch.Tensor | None, start: int) -> torch.Tensor | None:
+        return None if mask is None else mask[start:start + batch_size]
+
+    return [PlannedBatch(rows[start:start + batch_size], part(keep_a, start), part(keep_v, start))
+            for start in range(0, len(rows), batch_size)]
 
 
 @dataclass
@@ -67,8 +95,11 @@ class TensorSplit:
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
         for start in range(0, n, batch_size):
-            rows = order[start:start + batch_size]
-            yield Batch(self.audio[rows], self.visual[rows], self.y[rows], rows)
+            yield self.take(order[start:start + batch_size])
+
+    def take(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
+        """The batch of `rows` in this order (repeats allowed)."""
+        return Batch(self.audio[rows], self.visual[rows], self.y[rows], rows)
 
 
 def prefetched(batches: Iterator[Batch], pin: bool, depth: int = 2) -> Iterator[Batch]:
@@ -125,6 +156,9 @@ class Split(Protocol):
     def __len__(self) -> int: ...
     def subset(self, rows: torch.Tensor) -> Split: ...
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]: ...
+    def take(self, rows: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
+        """The batch of `rows` in this order; a training draw (e.g. of frames) from `generator` when given."""
+        ...
 
 
 @dataclass

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,10 +39,10 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import mmbench  # noqa: E402
-from mmbench.config import AUTO_ON_CUDA, RunConfig, to_yaml  # noqa: E402
+from mmbench.config import AUTO_ON_CUDA, ConfigError, RunConfig, to_yaml  # noqa: E402
 from mmbench.cost import PassCounter  # noqa: E402
 from mmbench.cpus import default_threads  # noqa: E402
-from mmbench.data import Batch, Dataset, Split, Splits, carve_validation, prefetched  # noqa: E402
+from mmbench.data import Batch, Dataset, PlannedBatch, Split, Splits, carve_validation, prefetched  # noqa: E402
 from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
 from mmbench.metrics import (  # noqa: E402
     classification_metrics,
@@ -203,12 +203,18 @@ def infer(model: nn.Module, split: Split, dataset: Dataset, ctx: RunContext, for
 
 
 def bind_infer(ctx: RunContext, dataset: Dataset) -> None:
-    """Give the methods `ctx.infer` (see RunContext.infer) over `dataset`'s splits."""
+    """Give the methods `ctx.infer` and `ctx.batches` (see RunContext) over `dataset`'s splits."""
     def bound(model: nn.Module, split: Split, forward: Callable[[Batch], Outputs] | None = None,
               features: bool = False, augment: bool = False) -> dict[str, torch.Tensor]:
         return infer(model, split, dataset, ctx, forward or (lambda b: model(b.audio, b.visual)), features, augment)
 
-    ctx.infer = bound
+    def batches(split: Split, batch_size: int | None = None, augment: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[Batch]:
+        generator = generator or ctx.generator("method" if augment else "augment")
+        for batch in split.batches(batch_size or ctx.cfg.eval_batch_size):
+            yield dataset.transform(batch.to(ctx.device), train=augment, generator=generator)
+
+    ctx.infer, ctx.batches = bound, batches
 
 
 def _infer_batch(batch: Batch, dataset: Dataset, ctx: RunContext, forward: Callable[[Batch], Outputs],
@@ -249,17 +255,23 @@ def evaluate(model: nn.Module, method: Method, dataset: Dataset, split: Split,
 
 def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Split,
                 optimizer: torch.optim.Optimizer, ctx: RunContext, reporter: Reporter,
-                prefetch: bool = False) -> dict[str, float]:
+                prefetch: bool = False, plan: list[PlannedBatch] | None = None,
+                masks: FeatureMasks | None = None) -> dict[str, float]:
     """One pass over the training split in the seeded order (with drop_last, the short last batch is not
-    drawn); returns the epoch's train stats. With `prefetch` the batches
+    drawn), or the method's `plan` (with its keep-masks applied by `masks`); returns the epoch's train
+    stats. With `prefetch` the batches
     are gathered on a background thread, into pinned memory on CUDA, while the device trains.
 
     Loss, correct predictions and rho stay on the device and are read once, at the end of the epoch
     (on a GPU every read is a host-device sync). A non-finite loss is noted on the device with its
     step and read every FINITE_CHECK_EVERY steps, so training stops within that many steps of it."""
     stats = _EpochStats(ctx.device)
-    batches = itertools.islice(train.batches(ctx.cfg.batch_size, ctx.generator("order")),
-                               steps_per_epoch(len(train), ctx.cfg))
+    if plan is None:
+        batches = itertools.islice(train.batches(ctx.cfg.batch_size, ctx.generator("order")),
+                                   steps_per_epoch(len(train), ctx.cfg))
+    else:
+        batches = (dataclasses.replace(train.take(step.rows, ctx.generator("order")), keep_a=step.keep_a,
+                                       keep_v=step.keep_v) for step in plan)
     if prefetch:
         batches = prefetched(batches, pin=ctx.device.type == "cuda")
     cuda_graphs = ctx.cfg.compile == "reduce-overhead" and ctx.device.type == "cuda"
@@ -267,8 +279,14 @@ def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Split
         ctx.step = step
         if cuda_graphs:  # the previous step's graph outputs are no longer read
             torch.compiler.cudagraph_mark_step_begin()
-        batch = dataset.transform(batch.to(ctx.device), train=True, generator=ctx.generator("augment"))
-        out, loss = method.train_step(model, batch, optimizer, ctx)
+        moved = batch.to(ctx.device)
+        batch = dataset.transform(moved, train=True, generator=ctx.generator("augment"))
+        if masks is None:
+            out, loss = method.train_step(model, batch, optimizer, ctx)
+        else:
+            batch = dataclasses.replace(batch, keep_a=moved.keep_a, keep_v=moved.keep_v)
+            with masks.applied(batch):
+                out, loss = method.train_step(model, batch, optimizer, ctx)
         stats.add(step, loss.detach(), out, out.targets(batch.y))
         if (step + 1) % FINITE_CHECK_EVERY == 0:
             stats.raise_if_not_finite(ctx)
@@ -278,6 +296,56 @@ def train_epoch(model: nn.Module, method: Method, dataset: Dataset, train: Split
 
 
 FINITE_CHECK_EVERY = 50
+
+
+class FeatureMasks:
+    """Zeroes, during a planned training step, the encoder features of the rows whose modality the plan
+    removes: a forward hook on the model's `audio_encoder` and `visual_encoder`, idle outside the step."""
+
+    def __init__(self, model: nn.Module, method: str) -> None:
+        self.keep: dict[str, torch.Tensor | None] = {"a": None, "v": None}
+        for m, name in (("a", "audio_encoder"), ("v", "visual_encoder")):
+            encoder = getattr(model, name, None)
+            if not isinstance(encoder, nn.Module):
+                raise ConfigError(f"method {method}: its epoch plan removes modalities, but its model has no "
+                                  f"`{name}` to remove them from; keep the encoders under those names")
+            encoder.register_forward_hook(self._hook(m))
+
+    @contextlib.contextmanager
+    def applied(self, batch: Batch) -> Iterator[None]:
+        self.keep = {"a": batch.keep_a, "v": batch.keep_v}
+        try:
+            yield
+        finally:
+            self.keep = {"a": None, "v": None}
+
+    def _hook(self, modality: str) -> Callable[..., torch.Tensor | None]:
+        @torch.compiler.disable  # runs eagerly after a compiled encoder, like the pass counter
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+            keep = self.keep[modality]
+            if keep is None:
+                return None
+            if output.shape[0] != keep.shape[0]:
+                raise RuntimeError(f"a keep-mask of {keep.shape[0]} rows met an encoder pass over {output.shape[0]}: "
+                                   "a planned step's forward passes must run on the whole batch")
+            return output * keep.to(output.dtype).view(-1, *[1] * (output.dim() - 1))
+        return hook
+
+
+def check_plan(plan: list[PlannedBatch], rows: int, method: str) -> None:
+    """A clear error for a malformed plan, before its epoch starts (one host read of each plan tensor)."""
+    if not plan:
+        raise ValueError(f"method {method}: epoch_plan returned no steps")
+    for number, step in enumerate(plan, 1):
+        where = f"method {method}: epoch_plan step {number}"
+        if step.rows.dim() != 1 or len(step.rows) == 0 or step.rows.is_floating_point():
+            raise ValueError(f"{where}: rows must be a non-empty 1-D integer tensor")
+        if int(step.rows.min()) < 0 or int(step.rows.max()) >= rows:
+            raise ValueError(f"{where}: rows must lie in [0, {rows}) (the training split)")
+        for name in ("keep_a", "keep_v"):
+            keep = getattr(step, name)
+            if keep is not None and (keep.dtype != torch.bool or keep.shape != step.rows.shape):
+                raise ValueError(f"{where}: {name} must be a bool tensor with one value per row")
 
 
 def steps_per_epoch(rows: int, cfg: RunConfig) -> int:
@@ -512,7 +580,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     method: Method = METHODS.get(cfg.method)(ctx)
     model = build_model(method, ctx, compile_encoders=True)
     passes = PassCounter()
-    passes.attach(model)
+    passes.attach(model, compiled=cfg.compile != "none")
     optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)
     checkpoint = Checkpoint(paths, cfg.checkpoint_every_s)
     progress = Progress()
@@ -527,6 +595,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     reporter.run_started(cfg, cfg.epochs, steps, len(progress.epoch_rows))
 
     model.train()
+    masks: FeatureMasks | None = None
     for epoch in range(len(progress.epoch_rows), cfg.epochs):
         ctx.epoch = epoch
         epoch_t0 = time.perf_counter()
@@ -534,11 +603,19 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
             step_schedule(scheduler)
         lr = optimizer.param_groups[0]["lr"]
         passes.on = True  # what the method runs between epochs (e.g. prototypes) is training cost too
+        ctx.steps_per_epoch = steps
         method.on_epoch_start(model, ctx)
+        plan = method.epoch_plan(model, ctx)
+        if plan is not None:
+            check_plan(plan, len(splits.train), cfg.method)
+            ctx.steps_per_epoch = len(plan)
+            if masks is None and any(step.keep_a is not None or step.keep_v is not None for step in plan):
+                masks = FeatureMasks(model, cfg.method)
         train_stats = train_epoch(model, method, dataset, splits.train, optimizer, ctx, reporter,
-                                  prefetch=device.type == "cuda" and not resident)
+                                  prefetch=device.type == "cuda" and not resident, plan=plan, masks=masks)
         progress.train_time += time.perf_counter() - epoch_t0
-        progress.train_samples += min(len(splits.train), steps * cfg.batch_size)
+        progress.train_samples += (min(len(splits.train), steps * cfg.batch_size) if plan is None
+                                   else sum(len(step.rows) for step in plan))
         if cfg.lr_step_at == "epoch_end":
             step_schedule(scheduler)
         method.on_epoch_end(model, ctx)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmbench.config import ConfigError, RunConfig
-from mmbench.data import Batch, Split
+from mmbench.data import Batch, PlannedBatch, Split, plan_batches  # noqa: F401  (plan_batches: for plugins)
 from mmbench.models import FUSIONS, AVModel, Outputs
 from mmbench.registry import Plugin
 
@@ -76,6 +76,14 @@ class RunContext:
     #:     parts = ctx.infer(model, some, features=True, augment=True)
     #:     centre_of_class_c = parts["feat_a"][some.y == c].mean(0)
     infer: Callable[..., dict[str, torch.Tensor]] | None = None
+    #: batches(split, batch_size=None, augment=False, generator=None) -> Iterator[Batch]: the split's
+    #: batches in order (of `eval_batch_size` by default), on the device and transformed as the model sees
+    #: them (set by the engine): the evaluation transform, or with `augment=True` the training augmentation
+    #: drawn from `generator` (default: the "method" stream). For a method's own passes with gradients,
+    #: e.g. a hypergradient on a few held-out rows:
+    #:     batch = next(ctx.batches(ctx.val.subset(rows), len(rows)))
+    #:     loss = F.cross_entropy(model(batch.audio, batch.visual).logits, batch.y)
+    batches: Callable[..., Iterator[Batch]] | None = None
     _step_logs: dict[str, list[float | torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
 
     @property
@@ -210,6 +218,22 @@ class Method(Plugin):
 
     def on_epoch_end(self, model: nn.Module, ctx: RunContext) -> None:
         pass
+
+    def epoch_plan(self, model: nn.Module, ctx: RunContext) -> list[PlannedBatch] | None:
+        """The epoch's training steps, asked for after `on_epoch_start`; None (the default): one pass over
+        `ctx.train` in the seeded shuffled order. A plan gives each step's rows of `ctx.train` in order (rows
+        may repeat or be left out) and, optionally, per row whether it keeps each modality: the engine zeroes
+        the features of a row's removed modality after its encoder, in every forward pass of that step (the
+        model must keep its encoders as `audio_encoder` and `visual_encoder`). `ctx.steps_per_epoch` becomes
+        the plan's length; frames are drawn from the "order" stream, augmentation from "augment", as in the
+        default pass. For example, every row once more without its visual features, shuffled in:
+            def epoch_plan(self, model, ctx):
+                n, g = len(ctx.train), ctx.generator("method")
+                rows, keep_v = torch.arange(n).repeat(2), torch.arange(2 * n) < n
+                order = torch.randperm(2 * n, generator=g, device=g.device).cpu()
+                return plan_batches(rows[order], ctx.cfg.batch_size, keep_v=keep_v[order])
+        """
+        return None
 
     def predict(self, model: nn.Module, batch: Batch, ctx: RunContext) -> Outputs:
         """Inference (model in eval mode, no gradients): never perturbed, never uses labels."""

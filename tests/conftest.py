@@ -29,10 +29,13 @@ def pytest_configure(config: pytest.Config) -> None:
     os.sched_setaffinity(0, share)
 
 
-# Files that train for minutes go first: pytest-xdist hands out whole files in collection order
+# Files that train for minutes go first, longest first: pytest-xdist hands out whole files in collection order
 # (--no-loadscope-reorder in pyproject.toml; by default it orders them by their number of tests, which put
-# the 5 effect tests, 10 minutes on one core, last and left one worker training alone for 6 minutes).
-SLOW_FILES_FIRST = ("test_effects_joint_ogm.py", "test_effects_opm_aug_dlc.py", "test_sweep.py", "test_backends.py")
+# the 5 effect tests, 10 minutes on one core, last and left one worker training alone for 6 minutes), and a
+# long file handed out last leaves the other worker idle meanwhile.
+SLOW_FILES_FIRST = ("test_effects_opm_aug_dlc.py", "test_effects_joint_ogm.py", "test_sweep.py", "test_backends.py",
+                    "test_check.py", "test_prepare.py", "test_report.py", "test_cli.py", "test_plots.py",
+                    "test_engine.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -95,20 +98,29 @@ def train_steps(cfg: RunConfig, steps: int):
 
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory):
-    """Full-size synthetic runs on the default protocol, each computed once per session, on one thread:
-    the thread count changes the last bits of training, and effect tests must not depend on the machine."""
+    """Full-size synthetic runs on the default protocol, each computed once per session (shared by the
+    xdist workers: a worker that needs a run another one is training waits for it), on one thread: the
+    thread count changes the last bits of training, and effect tests must not depend on the machine."""
+
+    import fcntl
 
     from mmbench import engine
     from mmbench.results import read_row, run_paths
 
-    out = tmp_path_factory.mktemp("synthetic-results")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one folder for the session's workers: each run trained once
+        out = tmp_path_factory.getbasetemp().parent / "synthetic-results"
+        out.mkdir(exist_ok=True)
+    else:
+        out = tmp_path_factory.mktemp("synthetic-results")
 
     def run(method: str, seed: int, **overrides: Any) -> dict[str, Any]:
         cfg = resolve(method, "synthetic", seed, overrides={"num_threads": 1, **overrides})
         paths = run_paths(out, cfg)
-        if paths.row.exists():
-            return read_row(paths).to_dict()
-        return engine.run(cfg, out)
+        with open(out / f".{cfg.run_id}.lock", "w") as lock:  # another worker may be training it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if paths.row.exists():
+                return read_row(paths).to_dict()
+            return engine.run(cfg, out)
 
     run.out = out
     return run
@@ -139,11 +151,11 @@ def stop_after_epoch(epoch: int) -> Any:
     return Stop()
 
 
-def assert_resumes_identical(method: str, out: Any, epochs: int = 3, stop_after: int = 1) -> None:
+def assert_resumes_identical(method: str, out: Any, epochs: int = 3, stop_after: int = 1, **overrides: Any) -> None:
     """A run of `method` interrupted after epoch `stop_after` and run again ends as the uninterrupted run."""
     from mmbench import engine
 
-    cfg = tiny_config(method, epochs=epochs)
+    cfg = tiny_config(method, epochs=epochs, **overrides)
     reference = engine.run(cfg, out / "full")
     with pytest.raises(KeyboardInterrupt):
         engine.run(cfg, out / "cut", stop_after_epoch(stop_after))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from mmbench import engine
 from mmbench.cost import encoder_flops
 from mmbench.method import MODALITY_LOGITS, Method
-from mmbench.models import Encoder, SmallCNN
+from mmbench.models import Encoder, ResNet18, SmallCNN
 from mmbench.registry import METHODS
 from tests.conftest import tiny_config
 
@@ -24,6 +24,53 @@ def test_encoder_flops_are_the_hand_counts_of_its_convolutions():
     assert forward_flops == forward == 2 * 9 * (1 * 4 * 64 + 4 * 4 * 16 + 4 * 8 * 4 + 8 * 16)
     # backward: the weight gradient of every conv (= its forward) and the input gradient of all but the first
     assert backward_flops == 2 * forward - _conv_flops(*convs[0])
+
+
+class _GroupedThenLinear(torch.nn.Module):
+    """A grouped convolution, then a linear layer over the channels of each position."""
+
+    out_dim = 5
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.linear = torch.nn.Conv2d(4, 8, 3, groups=2), torch.nn.Linear(8, 5)
+
+    def forward_map(self, x):
+        return self.linear(self.conv(x).movedim(1, -1)).movedim(-1, 1)
+
+
+class _MatrixLayer(torch.nn.Module):
+    """A parametrised layer the analytic count does not know: x @ w over the channels."""
+
+    out_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(4, 4))
+
+    def forward_map(self, x):
+        return (x.movedim(1, -1) @ self.w).movedim(-1, 1)
+
+
+@pytest.mark.parametrize("backbone, shape", [
+    (lambda: SmallCNN(1, width=8), (1, 24, 24)),
+    (lambda: ResNet18(1), (1, 64, 40)),
+    (lambda: ResNet18(3), (2, 3, 32, 32)),  # visual: frames folded into the batch
+    (lambda: _GroupedThenLinear(), (4, 6, 6)),
+])
+def test_the_analytic_count_equals_torchs_flop_counter(backbone, shape):
+    """The count by layer shapes equals torch.utils.flop_counter's on the meta device (which imports torch's
+    compiler, ~1.5 s per run process), forwards and backwards, grouped convolutions and linear layers too."""
+    from mmbench.cost import _torch_counted_flops
+
+    encoder = Encoder(backbone())
+    meta = Encoder(encoder.backbone).to("meta").eval()
+    assert encoder_flops(encoder, shape) == _torch_counted_flops(meta, torch.zeros(1, *shape, device="meta"))
+
+
+def test_an_encoder_with_other_parametrised_layers_is_counted_by_torch():
+    forward, backward = encoder_flops(Encoder(_MatrixLayer()), (4, 1, 1))
+    assert (forward, backward) == (2 * 4 * 4, 2 * 4 * 4)  # x @ w, then only dL/dw (x needs no gradient)
 
 
 def test_a_joint_run_counts_one_pass_each_way_per_sample_and_unimodal_none_for_the_other_encoder(tmp_path):

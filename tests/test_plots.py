@@ -12,10 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
-from typer.testing import CliRunner
 
 from mmbench import plots
-from mmbench.cli import app
 from mmbench.results import read_epochs, read_runs
 
 from .conftest import TINY
@@ -184,11 +182,13 @@ def test_cd_groups_are_maximal_runs_below_the_critical_difference():
 
 @pytest.mark.slow
 def test_smoke_real_results_folder(tmp_path):
+    from mmbench import engine
+    from mmbench.config import resolve
+
     out = tmp_path / "results"
-    sets = [f"--set={k}={v}" for k, v in TINY.items() if k != "epochs"]
-    result = CliRunner().invoke(app, ["run", "-m", "joint,ogm-ge", "--seeds", "0,1", "--epochs", "2",
-                                      "--out", str(out), *sets])
-    assert result.exit_code == 0, result.output
+    for method in ("joint", "ogm-ge"):  # in this process: `mmbench run` would start one per run
+        for seed in (0, 1):
+            engine.run(resolve(method, "synthetic", seed, overrides={**TINY, "epochs": 2}), out)
     runs, epochs = read_runs(out), read_epochs(out)
     figures = tmp_path / "figures"
     assert_image(plots.strip_plot(runs, "synthetic", path=figures / "seeds.png"))
