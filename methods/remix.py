@@ -92,16 +92,19 @@ class Remix(Method):
             return None
         parts = ctx.infer(model, ctx.train)
         to_audio = divergence_from_uniform(parts["logits_a"]) < divergence_from_uniform(parts["logits_v"])
-        order, batch_size = ctx.generator("order"), ctx.cfg.batch_size
-        plan = []
-        for chosen, keep in ((~to_audio, "keep_a"), (to_audio, "keep_v")):  # video set first, audio removed
-            rows = torch.nonzero(chosen).flatten()
-            rows = rows[torch.randperm(len(rows), generator=order)]
-            plan += plan_batches(rows, batch_size, **{keep: torch.zeros(len(rows), dtype=torch.bool)})
-            if keep == "keep_a":
-                self.video_steps = len(plan)
+        video = self._set_batches(~to_audio, ctx, keep_a=False)  # the video set first, audio removed
+        self.video_steps = len(video)
+        plan = video + self._set_batches(to_audio, ctx, keep_v=False)
         ctx.log(remix_audio_share=to_audio.double().mean())
         return plan
+
+    @staticmethod
+    def _set_batches(chosen: torch.Tensor, ctx: RunContext, **keep: bool) -> list[PlannedBatch]:
+        """The chosen rows, shuffled (a loader with shuffle=True), in batches that all drop one modality."""
+        rows = torch.nonzero(chosen).flatten()
+        rows = rows[torch.randperm(len(rows), generator=ctx.generator("order"))]
+        masks = {name: torch.full((len(rows),), value) for name, value in keep.items()}
+        return plan_batches(rows, ctx.cfg.batch_size, **masks)
 
     def loss(self, out: Outputs, batch: Batch, ctx: RunContext) -> torch.Tensor:
         y = out.targets(batch.y)
