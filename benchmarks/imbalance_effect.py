@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from mmbench import engine
 from mmbench.config import expand, parse_seeds, parse_sets
-from mmbench.results import is_done, read_runs, run_paths
+from mmbench.dependencies import run_in_process
+from mmbench.results import read_runs
 from mmbench.stats import paired_comparison
 
 METRICS = {"fused": "best_val_acc", "audio": "best_val_acc_head_a", "visual": "best_val_acc_head_v",
@@ -34,9 +34,7 @@ def main() -> None:
     methods = [args.baseline] + [m for m in args.methods.split(",") if m != args.baseline]
     seeds = parse_seeds(args.seeds)
     configs = expand(methods, args.dataset, seeds, "benchmark", parse_sets(args.set))
-    for cfg in configs:
-        if not is_done(run_paths(args.out, cfg)):
-            engine.run(cfg, args.out)
+    run_in_process(configs, args.out)  # with the runs a method requires (e.g. umt's teachers) first
     rows = read_runs(args.out).set_index("run_id").loc[[cfg.run_id for cfg in configs]]
     by_method = {m: rows[rows["method"] == m].sort_values("seed") for m in methods}
     baseline = by_method[args.baseline]

@@ -136,21 +136,20 @@ def suite_configs(suite: str, seeds: list[int] | None, methods: list[str] | None
 
 def run_suite(configs: dict[str, list[RunConfig]], out: Path, on_run: Callable[[RunConfig, str], None]
               ) -> dict[str, list[SeedResult]]:
-    """Train what is missing (one after another, in this process) and read every seed's result."""
+    """Train what is missing (one after another, in this process; the runs that methods require first)
+    and read every seed's result."""
+    from mmbench.dependencies import in_waves
     from mmbench.progress import PlainReporter
     from mmbench.scheduler.worker import execute
 
     quiet = PlainReporter(_null_console())
-    results: dict[str, list[SeedResult]] = {}
-    for method, cfgs in configs.items():
-        results[method] = []
-        for cfg in cfgs:
+    for wave in in_waves([cfg for cfgs in configs.values() for cfg in cfgs]):
+        for cfg in wave:
             outcome = execute(cfg, out, quiet)
             on_run(cfg, outcome)
             if outcome == "failed":
-                raise RuntimeError(f"{method} seed {cfg.seed} failed; see {out}")
-            results[method].append(seed_result(out, cfg))
-    return results
+                raise RuntimeError(f"{cfg.method} seed {cfg.seed} failed; see {out}")
+    return {method: [seed_result(out, cfg) for cfg in cfgs] for method, cfgs in configs.items()}
 
 
 def seed_result(out: Path, cfg: RunConfig) -> SeedResult:

@@ -171,6 +171,12 @@ def _describe_knobs(cls: type, knobs: dict[str, Any]) -> str:
     if hasattr(cls, "modality_logits"):
         kind = cls.modality_logits or "from the fusion head: fusion-slice (concat, sum) or none (film, gated)"
         lines.append(f"per-modality logits: {kind}")
+    for key, spec in getattr(cls, "requires", {}).items():
+        settings = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "method")
+        lines.append(f"requires run {key}: {spec.get('method')}" + (f" ({settings})" if settings else "")
+                     + " of the same seed and settings, trained first")
+    if getattr(cls, "trains", True) is False:
+        lines.append("trains nothing itself: evaluates the model it builds once")
     protocol = getattr(cls, "defaults", {})
     if protocol:
         lines.append("benchmark protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()))
@@ -368,59 +374,74 @@ def _check_data(cfg: RunConfig) -> None:
 def _execute(configs: list[RunConfig], out: Path, retries: int = 0, plugins: list[str] | None = None) -> None:
     """Runs one after another with a view of each epoch: a single run in this process, several each in
     a worker process of its own, so that a native crash (a segfault in a method's extension) ends only
-    that run, recorded as failed, and the next one still runs (as in `sweep`)."""
+    that run, recorded as failed, and the next one still runs (as in `sweep`). The runs the methods
+    require come first; a run whose required run failed fails without starting."""
     import functools
 
     from mmbench import engine
-    from mmbench.progress import make_reporter
+    from mmbench.dependencies import blocked, in_waves, record_blocked, required_by
     from mmbench.results import is_done, run_paths
     from mmbench.scheduler.worker import execute
 
     try:
         engine.select_device(configs[0].device)
-    except engine.RunFailed as exc:
+        waves, notes = in_waves(configs), required_by(configs)
+    except (engine.RunFailed, ConfigError) as exc:
         fail(str(exc))
-    if sum(not is_done(run_paths(out, cfg)) for cfg in configs) > 1:
+    everything = [cfg for wave in waves for cfg in wave]
+    if sum(not is_done(run_paths(out, cfg)) for cfg in everything) > 1:
         execute = functools.partial(_execute_in_child, plugins=plugins or [])
     failures = []
-    for cfg in configs:
+    for cfg in everything:
         paths = run_paths(out, cfg)
-        for attempt in range(retries + 1):
-            reporter = make_reporter(console)
-            try:
-                outcome = _execute_or_wait(cfg, out, reporter, execute)
-            except KeyboardInterrupt:
-                getattr(reporter, "close", lambda: None)()
-                err.print(f"interrupted: {cfg.method} seed {cfg.seed} resumes from its last finished "
-                          "epoch when you run the same command again")
-                raise typer.Exit(130) from None
-            getattr(reporter, "close", lambda: None)()
-            if outcome != "failed":
-                break
-            if attempt < retries:
-                err.print(f"retrying {cfg.method} seed {cfg.seed} (attempt {attempt + 2})")
+        name = f"{cfg.method} seed {cfg.seed}" + (f" ({notes[cfg.run_id]})" if cfg.run_id in notes else "")
+        reason = blocked(cfg, out)
+        if reason is not None:
+            record_blocked(out, cfg, reason)
+            err.print(f"[bold red]failed:[/] {name}: {reason}", markup=True, highlight=False)
+            failures.append(cfg)
+            continue
+        outcome = _execute_with_retries(cfg, out, retries, execute)
         if outcome == "done":
-            console.print(f"{cfg.method} seed {cfg.seed}: already done ({paths.row})", markup=False)
+            console.print(f"{name}: already done ({paths.row})", markup=False)
         elif outcome == "done elsewhere":
-            console.print(f"{cfg.method} seed {cfg.seed}: done by another mmbench process ({paths.row})",
-                          markup=False)
+            console.print(f"{name}: done by another mmbench process ({paths.row})", markup=False)
         elif outcome == "failed":
-            err.print(f"[bold red]failed:[/] {cfg.method} seed {cfg.seed}: see {paths.failed}", markup=True,
-                      highlight=False)
+            err.print(f"[bold red]failed:[/] {name}: see {paths.failed}", markup=True, highlight=False)
             failures.append(cfg)
         else:
             from mmbench.results import read_row
 
             row = read_row(paths)
-            console.print(f"{cfg.method} seed {cfg.seed}: test acc {row['best_val_acc']:.4f} "
+            console.print(f"{name}: test acc {row['best_val_acc']:.4f} "
                           f"(best-val epoch {row['best_val_epoch'] + 1} of {cfg.epochs}), "
                           f"final {row['final_acc']:.4f}, "
                           f"{row['wall_s']:.0f}s -> {paths.row}", markup=False)
     if failures:
         _print_summary(configs, out)
-        err.print(f"{len(failures)} of {len(configs)} runs failed: "
+        err.print(f"{len(failures)} of {len(everything)} runs failed: "
                   + ", ".join(f"{c.method} seed {c.seed}" for c in failures))
         raise typer.Exit(1)
+
+
+def _execute_with_retries(cfg: RunConfig, out: Path, retries: int, execute: Any) -> str:
+    from mmbench.progress import make_reporter
+
+    for attempt in range(retries + 1):
+        reporter = make_reporter(console)
+        try:
+            outcome = _execute_or_wait(cfg, out, reporter, execute)
+        except KeyboardInterrupt:
+            getattr(reporter, "close", lambda: None)()
+            err.print(f"interrupted: {cfg.method} seed {cfg.seed} resumes from its last finished "
+                      "epoch when you run the same command again")
+            raise typer.Exit(130) from None
+        getattr(reporter, "close", lambda: None)()
+        if outcome != "failed":
+            break
+        if attempt < retries:
+            err.print(f"retrying {cfg.method} seed {cfg.seed} (attempt {attempt + 2})")
+    return outcome
 
 
 def _execute_in_child(cfg: RunConfig, out: Path, reporter: Any, announce_lock: bool = False,
@@ -461,12 +482,15 @@ def _execute_in_child(cfg: RunConfig, out: Path, reporter: Any, announce_lock: b
 
 
 def _schedule(configs: list[RunConfig], out: Path, options: Any, plugins: list[str] | None) -> None:
-    """Hand the runs to a backend (local processes, SLURM, Ray), show progress, exit 1 on failures."""
+    """Hand the runs to a backend (local processes, SLURM, Ray), show progress, exit 1 on failures. The runs
+    the methods require go first, in waves: a wave starts once the one before has ended."""
+    from mmbench.dependencies import in_waves
     from mmbench.scheduler.backends import make_backend
     from mmbench.scheduler.display import SweepDisplay
 
     display = SweepDisplay(console)
     try:
+        waves = in_waves(configs)
         backend, where = make_backend(options, out, plugins, display.event)
     except (ConfigError, ImportError) as exc:
         fail(str(exc))
@@ -475,14 +499,15 @@ def _schedule(configs: list[RunConfig], out: Path, options: Any, plugins: list[s
 
     try:
         with display:
-            summary = backend.run(configs, on_tick=display.tick)
+            summary, waiting = _run_waves(backend, waves, out, display)
     except SlurmError as exc:
         fail(str(exc))
     if summary.detached:
-        pending = summary.total - summary.done - summary.skipped - len(summary.failed)
-        console.print(f"{pending} runs are queued or running in SLURM, {summary.done + summary.skipped} done; run "
-                      "the same command again to wait for and collect them (finished runs are not submitted "
-                      "again)", markup=False)
+        pending = summary.total - summary.done - summary.skipped - len(summary.failed) - waiting
+        console.print(f"{pending} runs are queued or running in SLURM, {summary.done + summary.skipped} done"
+                      + (f", {waiting} wait for runs they require" if waiting else "")
+                      + "; run the same command again to wait for and collect them (finished runs are not "
+                      "submitted again)", markup=False)
         if summary.interrupted:
             raise typer.Exit(130)
         return
@@ -495,6 +520,37 @@ def _schedule(configs: list[RunConfig], out: Path, options: Any, plugins: list[s
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _run_waves(backend: Any, waves: list[list[RunConfig]], out: Path, display: Any) -> tuple[Any, int]:
+    """Each wave through the backend, after recording as failed the runs whose required runs failed. Stops
+    after a wave that did not end here (SLURM --no-wait, Ctrl-C); returns the summary of everything and how
+    many runs of later waves were not handed over."""
+    from mmbench.dependencies import blocked, record_blocked
+    from mmbench.scheduler import SweepSummary
+    from mmbench.scheduler.worker import log_path
+
+    total = SweepSummary(total=sum(len(wave) for wave in waves))
+    for index, wave in enumerate(waves):
+        ready = []
+        for cfg in wave:
+            reason = blocked(cfg, out)
+            if reason is None:
+                ready.append(cfg)
+            else:
+                record_blocked(out, cfg, reason)
+                total.failed.append((cfg, f"not started: {reason}", log_path(out, cfg)))
+        summary = backend.run(ready, on_tick=display.tick)
+        total.done += summary.done
+        total.skipped += summary.skipped
+        total.failed += summary.failed
+        total.durations += summary.durations
+        total.interrupted = summary.interrupted
+        pending = summary.total - summary.done - summary.skipped - len(summary.failed)
+        total.detached = summary.detached and pending > 0
+        if total.detached or summary.interrupted:
+            return total, sum(len(later) for later in waves[index + 1:])
+    return total, 0
 
 
 @app.command("sweep")
@@ -526,19 +582,28 @@ def sweep_command(
             writable_folder(out, "--out")
     except USER_ERRORS as exc:
         fail(str(exc))
+    from mmbench.dependencies import in_waves, required_by
     from mmbench.results import is_done, run_paths
 
-    done = [is_done(run_paths(out, cfg)) for cfg in configs]
-    console.print(f"{len(configs)} runs, {sum(done)} already done ({sweep_file})", markup=False)
+    try:
+        everything, notes = [cfg for wave in in_waves(configs) for cfg in wave], required_by(configs)
+    except ConfigError as exc:
+        fail(str(exc))
+    done = [is_done(run_paths(out, cfg)) for cfg in everything]
+    required = f" and {len(everything) - len(configs)} runs they require" if len(everything) > len(configs) else ""
+    console.print(f"{len(configs)} runs{required}, {sum(done)} already done ({sweep_file})", markup=False)
     if dry_run:
         table = Table(title_justify="left")
         for column in ("dataset", "method", "seed", "settings", "run_id", "status"):
             table.add_column(column)
-        for cfg, finished in zip(configs, done, strict=True):
+        for cfg, finished in zip(everything, done, strict=True):
             axes = {**sweep.grid.get("*", {}), **sweep.grid.get(cfg.method, {})}
             grid = {k: cfg.hparams.get(k, getattr(cfg, k, cfg.data.get(k))) for k in axes}
-            table.add_row(cfg.dataset, cfg.method, str(cfg.seed), escape(json.dumps(grid) if grid else "-"),
-                          cfg.run_id, "done" if finished else "to run")
+            settings = json.dumps(grid) if grid else "-"
+            if cfg.run_id in notes:
+                settings = f"{json.dumps(cfg.hparams)} ({notes[cfg.run_id]})"
+            table.add_row(cfg.dataset, cfg.method, str(cfg.seed), escape(settings), cfg.run_id,
+                          "done" if finished else "to run")
         console.print(table)
         return
     _schedule(configs, out, options, plugin)
@@ -803,6 +868,7 @@ def check_command(
     """Run every method of a suite on a small fixed configuration and compare its accuracy with a
     committed baseline; exits 1 when a method regressed (docs/statistics.md §7)."""
     from mmbench import check
+    from mmbench.dependencies import in_waves
 
     baseline = baseline or check.BASELINES / suite
     try:
@@ -819,8 +885,11 @@ def check_command(
     except USER_ERRORS as exc:
         fail(str(exc))
     env = check.environment(next(iter(configs.values()))[0].num_threads)
-    total = sum(len(c) for c in configs.values())
-    console.print(f"check: suite {suite}, {len(configs)} methods, {total} runs; runs in {out}", markup=False)
+    asked = sum(len(c) for c in configs.values())
+    total = sum(len(wave) for wave in in_waves([cfg for cfgs in configs.values() for cfg in cfgs]))
+    required = f" (and {total - asked} runs they require)" if total > asked else ""
+    console.print(f"check: suite {suite}, {len(configs)} methods, {asked} runs{required}; runs in {out}",
+                  markup=False)
     counts = {"trained": 0, "done": 0}
 
     def on_run(cfg: RunConfig, outcome: str) -> None:

@@ -71,6 +71,7 @@ class RunConfig:
     log: str = "none"
     checkpoint_every_s: float = 60.0
     compile: Literal["none", "default", "reduce-overhead"] = "none"
+    keep_weights: bool = False
     hparams: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
 
@@ -116,7 +117,7 @@ class RunConfig:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-EXECUTION_KEYS = frozenset({"device", "num_threads", "log", "checkpoint_every_s", "compile"})
+EXECUTION_KEYS = frozenset({"device", "num_threads", "log", "checkpoint_every_s", "compile", "keep_weights"})
 #: true, false or auto (on for a CUDA run of the benchmark profile, off elsewhere).
 AUTO_ON_CUDA = ("bf16", "channels_last")
 # bf16 and channels_last were plain booleans with default false, and every finished run was a CPU run or
@@ -180,6 +181,8 @@ CORE_HELP: dict[str, str] = {
                           "identity)",
     "compile": "torch.compile the encoders: none, default or reduce-overhead (CUDA graphs); not part of the "
                "run's identity",
+    "keep_weights": "also store the selected model's weights (weights/.../<run_id>.pt), as for a run another "
+                    "method loads (set for those by itself; not part of the run's identity)",
 }
 
 

@@ -6,7 +6,10 @@
         [scheduler.step() if lr_step_at=epoch_end]; method.on_epoch_end
         evaluate val and test -> epoch row; checkpoint (last, and best-on-val)
     method.calibrate(model, val) for the final and the best-on-val model -> test metrics
-    write results (epochs, predictions, then the run row)
+    write results ([the selected weights, for a run that another run loads], epochs, predictions, the run row)
+
+A method may load finished runs it requires (`ctx.load_run`, mmbench/dependencies.py); one without training
+of its own (`Method.trains` false) is evaluated once instead of the epochs.
 """
 
 from __future__ import annotations
@@ -217,6 +220,34 @@ def bind_infer(ctx: RunContext, dataset: Dataset) -> None:
     ctx.infer, ctx.batches = bound, batches
 
 
+def bind_load_run(ctx: RunContext, out: Path, passes: PassCounter) -> None:
+    """Set `ctx.load_run`: the model of a finished run the method requires, with its stored weights."""
+    from mmbench.dependencies import required_configs
+
+    required = required_configs(ctx.cfg)
+
+    def load_run(key: str) -> nn.Module:
+        if key not in required:
+            raise RunFailed(f"method {ctx.cfg.method} loads run {key!r}, which it does not require; it requires "
+                            f"{', '.join(map(repr, required)) or 'no run'} (Method.requires)")
+        cfg = required[key]
+        path = run_paths(out, cfg).weights
+        state = torch.load(path, map_location="cpu", weights_only=False) if path.is_file() else None
+        if state is None or state.get("run_id") != cfg.run_id:
+            raise RunFailed(f"{ctx.cfg.method} seed {ctx.cfg.seed} needs the weights of the {cfg.method} run "
+                            f"{cfg.run_id} ({key}), not found at {path}: run it through `mmbench run` or "
+                            "`mmbench sweep`, which train the runs a method requires first")
+        loaded_ctx = RunContext(cfg, ctx.num_classes, ctx.device, make_generators(cfg.seed, ctx.device))
+        loaded_method = METHODS.get(cfg.method)(loaded_ctx)
+        model = build_model(loaded_method, loaded_ctx)
+        loaded_method.load_state_dict(state["method"], model)
+        model.load_state_dict(state["model"])
+        passes.attach(model)
+        return model.eval().requires_grad_(False)
+
+    ctx.load_run = load_run
+
+
 def _infer_batch(batch: Batch, dataset: Dataset, ctx: RunContext, forward: Callable[[Batch], Outputs],
                  parts: dict[str, list[torch.Tensor]], features: bool, augment: bool) -> None:
     batch = dataset.transform(batch.to(ctx.device), train=augment,
@@ -415,6 +446,7 @@ class Checkpoint:
     the same streams, and `best.pt` is never older than the `last.pt` written after it."""
 
     def __init__(self, paths: RunPaths, every_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.paths = paths
         self.dir = paths.checkpoint_dir
         self.run_id = paths.run_id
         self.every_s, self.clock = every_s, clock
@@ -433,7 +465,7 @@ class Checkpoint:
         return self.dir / "best.pt"
 
     def save(self, path: Path, state: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save({"run_id": self.run_id, **state}, tmp)
         os.replace(tmp, path)
@@ -577,12 +609,47 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
     ctx = RunContext(cfg, len(dataset.classes), device, generators, steps_per_epoch=steps, train=splits.train,
                      val=splits.val)
     bind_infer(ctx, dataset)
+    passes = PassCounter()
+    bind_load_run(ctx, paths.root, passes)
     method: Method = METHODS.get(cfg.method)(ctx)
     model = build_model(method, ctx, compile_encoders=True)
-    passes = PassCounter()
     passes.attach(model, compiled=cfg.compile != "none")
-    optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)
     checkpoint = Checkpoint(paths, cfg.checkpoint_every_s)
+    if method.trains:
+        progress = _train(model, method, dataset, splits, ctx, checkpoint, passes, reporter, resident)
+    else:
+        progress = _evaluate_untrained(model, method, dataset, splits, ctx, checkpoint, reporter)
+
+    evaluations = {"final": _evaluate_selected(model, method, dataset, splits, ctx)}
+    checkpoint.wait()
+    best_state = checkpoint.best_state()
+    if best_state is not None:
+        best_model = build_model(method, ctx)
+        method.load_state_dict(best_state["method"], best_model)
+        best_model.load_state_dict(best_state["model"])
+        evaluations["best_val"] = _evaluate_selected(best_model, method, dataset, splits, ctx)
+    if cfg.keep_weights:  # before the run row: a run with its row is finished, so its weights must be there
+        selected = best_state or {"model": model.state_dict(), "method": method.state_dict()}
+        checkpoint.save(paths.weights, {"selection": "best_val" if best_state is not None else "final",
+                                        **_host_copy(selected)})
+
+    row = _run_row(cfg, dataset, splits, evaluations, progress)
+    row.update(passes.columns(progress.train_samples))
+    row["required_gflops_per_sample"] = _required_cost(paths.root, cfg)
+    row.update({key: cfg.uses(key, device.type) for key in AUTO_ON_CUDA})  # what ran, where the config says auto
+    row.update(_provenance(device, num_threads, started, time.perf_counter() - t0,
+                           progress.train_samples / progress.train_time if progress.train_time else math.nan))
+    write_run(paths, row, progress.epoch_rows, _prediction_columns(cfg.run_id, splits.test, evaluations))
+    checkpoint.remove()
+    reporter.run_finished(row)
+    return row
+
+
+def _train(model: nn.Module, method: Method, dataset: Dataset, splits: Splits, ctx: RunContext,
+           checkpoint: Checkpoint, passes: PassCounter, reporter: Reporter, resident: bool) -> Progress:
+    """The epochs, from the last checkpoint on: train, evaluate, keep the best state, checkpoint."""
+    cfg, generators, steps = ctx.cfg, ctx.generators, ctx.steps_per_epoch
+    optimizer, scheduler = build_optimizer(method.parameters(model, ctx), cfg)
     progress = Progress()
     state = checkpoint.load(checkpoint.last)
     if state is not None:
@@ -612,7 +679,7 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
             if masks is None and any(step.keep_a is not None or step.keep_v is not None for step in plan):
                 masks = FeatureMasks(model, cfg.method)
         train_stats = train_epoch(model, method, dataset, splits.train, optimizer, ctx, reporter,
-                                  prefetch=device.type == "cuda" and not resident, plan=plan, masks=masks)
+                                  prefetch=ctx.device.type == "cuda" and not resident, plan=plan, masks=masks)
         progress.train_time += time.perf_counter() - epoch_t0
         progress.train_samples += (min(len(splits.train), steps * cfg.batch_size) if plan is None
                                    else sum(len(step.rows) for step in plan))
@@ -641,27 +708,41 @@ def _run(cfg: RunConfig, paths: RunPaths, reporter: Reporter) -> dict[str, Any]:
                 "generators": {k: g.get_state() for k, g in generators.items()}, "torch_rng": _global_rng(),
                 "progress": dataclasses.asdict(progress),
             })
-        write_epochs(paths, progress.epoch_rows)
+        write_epochs(checkpoint.paths, progress.epoch_rows)
         reporter.epoch_finished(row)
+    return progress
 
-    evaluations = {"final": _evaluate_selected(model, method, dataset, splits, ctx)}
-    checkpoint.wait()
-    best_state = checkpoint.best_state()
-    if best_state is not None:
-        best_model = build_model(method, ctx)
-        method.load_state_dict(best_state["method"], best_model)
-        best_model.load_state_dict(best_state["model"])
-        evaluations["best_val"] = _evaluate_selected(best_model, method, dataset, splits, ctx)
 
-    row = _run_row(cfg, dataset, splits, evaluations, progress)
-    row.update(passes.columns(progress.train_samples))
-    row.update({key: cfg.uses(key, device.type) for key in AUTO_ON_CUDA})  # what ran, where the config says auto
-    row.update(_provenance(device, num_threads, started, time.perf_counter() - t0,
-                           progress.train_samples / progress.train_time if progress.train_time else math.nan))
-    write_run(paths, row, progress.epoch_rows, _prediction_columns(cfg.run_id, splits.test, evaluations))
-    checkpoint.remove()
-    reporter.run_finished(row)
-    return row
+def _evaluate_untrained(model: nn.Module, method: Method, dataset: Dataset, splits: Splits, ctx: RunContext,
+                        checkpoint: Checkpoint, reporter: Reporter) -> Progress:
+    """A method without training (`Method.trains` false): one epoch row with the validation and test
+    metrics of the model as built; that model is the selected one."""
+    reporter.run_started(ctx.cfg, 1, 0, 0)
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"run_id": ctx.cfg.run_id, "epoch": 0, "lr": math.nan, "train_loss": math.nan,
+                           "train_acc": math.nan, "train_rho": math.nan}
+    for split_name, split in (("val", splits.val), ("test", splits.test)):
+        row.update({f"{split_name}_{k}": v for k, v in evaluate(model, method, dataset, split, ctx).metrics.items()})
+    row["epoch_wall_s"] = time.perf_counter() - t0
+    progress = Progress(epoch_rows=[row], best_epoch=0, best_val_acc=row["val_acc"])
+    checkpoint.keep_best(model, method)
+    write_epochs(checkpoint.paths, progress.epoch_rows)
+    reporter.epoch_finished(row)
+    return progress
+
+
+def _required_cost(out: Path, cfg: RunConfig) -> float:
+    """The train GFLOPs per sample of the runs this run required (and of theirs), for a report that counts
+    what a method costs from scratch: same protocol, so the same samples per epoch; 0 for none."""
+    from mmbench.dependencies import required_configs
+    from mmbench.results import read_row
+
+    total = 0.0
+    for required in required_configs(cfg).values():
+        row = read_row(run_paths(out, required))
+        total += float(np.nan_to_num(row.get("train_gflops_per_sample", math.nan)))
+        total += float(np.nan_to_num(row.get("required_gflops_per_sample", 0.0)))
+    return total
 
 
 def _global_rng() -> dict[str, Any]:

@@ -84,6 +84,15 @@ class RunContext:
     #:     batch = next(ctx.batches(ctx.val.subset(rows), len(rows)))
     #:     loss = F.cross_entropy(model(batch.audio, batch.visual).logits, batch.y)
     batches: Callable[..., Iterator[Batch]] | None = None
+    #: load_run(key) -> nn.Module: the model of the finished run the method requires under `key` (see
+    #: `Method.requires`), with the weights that run selected (best on validation), on the device, in eval
+    #: mode and frozen (set by the engine). Its training passes count in this run's cost. For example:
+    #:     def build(self, model, ctx):
+    #:         self.teachers = {m: ctx.load_run(f"teacher_{m[0]}") for m in ("audio", "visual")}
+    #:         return model
+    #: (a dict, not module attributes: a model's submodules would be trained, checkpointed and switched to
+    #: train mode with it).
+    load_run: Callable[[str], nn.Module] | None = None
     _step_logs: dict[str, list[float | torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
 
     @property
@@ -147,6 +156,18 @@ class Method(Plugin):
     #: fusion-slice for concat and sum, none for film and gated). Override `logits_kind` where it
     #: depends on a hyperparameter.
     modality_logits: ClassVar[str | None] = None
+    #: Finished runs the method loads (`ctx.load_run(key)`), by key: the method and the hyperparameters
+    #: (or core keys) that differ from this run's config, e.g. a teacher per modality:
+    #:     requires = {"teacher_a": {"method": "unimodal", "modality": "audio"},
+    #:                 "teacher_v": {"method": "unimodal", "modality": "visual"}}
+    #: A required run has this run's seed, dataset, profile and core settings, with the given method and its
+    #: hyperparameters (defaults but for those given). `mmbench run` and `sweep` (every backend) run the
+    #: required runs first, reuse finished ones, and fail a run whose required run failed. Override
+    #: `required_runs` where what is required depends on a hyperparameter.
+    requires: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: False for a method without training of its own (e.g. an ensemble of required runs): its run
+    #: builds the model, evaluates it once (one epoch row) and stores it; no optimiser is built.
+    trains: ClassVar[bool] = True
 
     def __init__(self, ctx: RunContext) -> None:
         self.hp = ctx.cfg.hparams
@@ -159,6 +180,11 @@ class Method(Plugin):
                 f"method {cls.name} is defined for fusion {' or '.join(cls.fusions)}, "
                 f"not fusion={cfg.fusion}; use --set fusion={cls.fusions[0]}"
             )
+
+    @classmethod
+    def required_runs(cls, cfg: RunConfig) -> dict[str, dict[str, Any]]:
+        """The runs this run loads, as `requires` (by default `requires` itself)."""
+        return cls.requires
 
     @classmethod
     def logits_kind(cls, cfg: RunConfig) -> str:

@@ -383,11 +383,15 @@ def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> 
 
 
 def _training_cost(cell: pd.DataFrame, base: pd.DataFrame) -> dict[str, float]:
-    """Train GFLOPs per sample (mmbench/cost.py), and as a multiple of the baseline's; nan for results
-    written before mmbench counted them."""
+    """Train GFLOPs per sample (mmbench/cost.py), with those of the runs a method requires (umt's teachers),
+    and as a multiple of the baseline's; nan for results written before mmbench counted them."""
     def gflops(frame: pd.DataFrame) -> float:
-        values = frame["train_gflops_per_sample"].to_numpy(float) if "train_gflops_per_sample" in frame else []
-        return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+        own = frame["train_gflops_per_sample"].to_numpy(float) if "train_gflops_per_sample" in frame else []
+        required = (frame["required_gflops_per_sample"].fillna(0.0).to_numpy(float)
+                    if "required_gflops_per_sample" in frame else np.zeros(len(own)))
+        # a run without training of its own (ume) costs what the runs it stands on cost
+        total = np.where(np.isfinite(own), own, np.where(required > 0, 0.0, np.nan)) + required
+        return float(np.nanmean(total)) if np.isfinite(total).any() else math.nan
 
     own, baseline = gflops(cell), gflops(base)
     return {"gflops": own, "cost_x": own / baseline if baseline > 0 else math.nan}

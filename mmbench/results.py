@@ -60,9 +60,10 @@ RUN_SCHEMA = pa.schema([
     *_fields(pa.float64(), ["lr", "momentum", "weight_decay", "lr_gamma", "val_fraction", "checkpoint_every_s",
                             "best_val_val_acc",
                             "paper_max_acc", "wall_s", "train_samples_per_s", "cost_fwd_a", "cost_fwd_v",
-                            "cost_bwd_a", "cost_bwd_v", "train_gflops_per_sample",
+                            "cost_bwd_a", "cost_bwd_v", "train_gflops_per_sample", "required_gflops_per_sample",
                             *[f"{sel}_{m}" for sel in ("final", "best_val") for m in _METRICS]]),
-    *_fields(pa.bool_(), ["bf16", "channels_last", "deterministic", "drop_last", "crn", "method_reference",
+    *_fields(pa.bool_(), ["bf16", "channels_last", "deterministic", "drop_last", "keep_weights", "crn",
+                          "method_reference",
                           "method_calibrates"]),
     *_fields(pa.string(), ["hparams", "data", "diagnostics"]),
 ])
@@ -83,6 +84,8 @@ class RunPaths:
     dataset: str
     method: str
     run_id: str
+    #: The run must also have stored its weights to count as finished (a run another run loads).
+    needs_weights: bool = False
 
     def _file(self, table: str, suffix: str = ".parquet") -> Path:
         return self.root / table / f"dataset={self.dataset}" / f"method={self.method}" / f"{self.run_id}{suffix}"
@@ -109,19 +112,25 @@ class RunPaths:
         return self._file("failed", ".json")
 
     @property
+    def weights(self) -> Path:
+        """The selected model's weights, kept for a run with keep_weights (one that another run loads)."""
+        return self._file("weights", ".pt")
+
+    @property
     def checkpoint_dir(self) -> Path:
         return self.root / ".checkpoints" / self.run_id
 
 
 def run_paths(out: str | Path, cfg: RunConfig) -> RunPaths:
     migrate_legacy_layout(Path(out))
-    return RunPaths(Path(out), cfg.dataset, cfg.method, cfg.run_id)
+    return RunPaths(Path(out), cfg.dataset, cfg.method, cfg.run_id, needs_weights=cfg.keep_weights)
 
 
 def is_done(paths: RunPaths) -> bool:
     """A finished run is one whose three files read back and whose row is this run's, not merely a
-    run row on disk: a truncated or foreign file is trained again (and replaced)."""
-    if not paths.row.is_file():
+    run row on disk: a truncated or foreign file is trained again (and replaced). A run that another run
+    loads is finished once its weights are stored too: one finished without them is trained again."""
+    if not paths.row.is_file() or (paths.needs_weights and not paths.weights.is_file()):
         return False
     try:
         pq.read_metadata(paths.epochs)

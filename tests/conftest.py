@@ -73,11 +73,31 @@ def training_setup(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
                      steps_per_epoch=engine.steps_per_epoch(len(splits.train), cfg), train=splits.train,
                      val=splits.val)
     engine.bind_infer(ctx, dataset)
+    bind_untrained_requirements(ctx)
     method = METHODS.get(cfg.method)(ctx)
     model = engine.build_model(method, ctx)
     optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
     ctx.optimizer, ctx.method = optimizer, method
     return dataset, splits, ctx, model, optimizer
+
+
+def bind_untrained_requirements(ctx: Any) -> None:
+    """`ctx.load_run` for tests that look inside one method's step: the models of the runs it requires as
+    they are built (untrained, in eval mode and frozen, as the engine hands trained ones over)."""
+    from mmbench import engine
+    from mmbench.dependencies import required_configs
+    from mmbench.method import RunContext
+    from mmbench.registry import METHODS
+
+    required = required_configs(ctx.cfg)
+
+    def load_run(key: str) -> Any:
+        loaded_ctx = RunContext(required[key], ctx.num_classes, ctx.device,
+                                engine.make_generators(required[key].seed, ctx.device))
+        model = engine.build_model(METHODS.get(required[key].method)(loaded_ctx), loaded_ctx)
+        return model.eval().requires_grad_(False)
+
+    ctx.load_run = load_run
 
 
 def train_steps(cfg: RunConfig, steps: int):
@@ -105,7 +125,8 @@ def synthetic_run(tmp_path_factory):
     import fcntl
 
     from mmbench import engine
-    from mmbench.results import read_row, run_paths
+    from mmbench.dependencies import in_waves
+    from mmbench.results import is_done, read_row, run_paths
 
     if os.environ.get("PYTEST_XDIST_WORKER"):  # one folder for the session's workers: each run trained once
         out = tmp_path_factory.getbasetemp().parent / "synthetic-results"
@@ -113,14 +134,19 @@ def synthetic_run(tmp_path_factory):
     else:
         out = tmp_path_factory.mktemp("synthetic-results")
 
-    def run(method: str, seed: int, **overrides: Any) -> dict[str, Any]:
-        cfg = resolve(method, "synthetic", seed, overrides={"num_threads": 1, **overrides})
+    def run_once(cfg: RunConfig) -> dict[str, Any]:
         paths = run_paths(out, cfg)
         with open(out / f".{cfg.run_id}.lock", "w") as lock:  # another worker may be training it
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if paths.row.exists():
+            if is_done(paths):
                 return read_row(paths).to_dict()
             return engine.run(cfg, out)
+
+    def run(method: str, seed: int, **overrides: Any) -> dict[str, Any]:
+        cfg = resolve(method, "synthetic", seed, overrides={"num_threads": 1, **overrides})
+        for required in (c for wave in in_waves([cfg])[:-1] for c in wave):  # e.g. umt's teachers, first
+            run_once(required)
+        return run_once(cfg)
 
     run.out = out
     return run
@@ -154,8 +180,11 @@ def stop_after_epoch(epoch: int) -> Any:
 def assert_resumes_identical(method: str, out: Any, epochs: int = 3, stop_after: int = 1, **overrides: Any) -> None:
     """A run of `method` interrupted after epoch `stop_after` and run again ends as the uninterrupted run."""
     from mmbench import engine
+    from mmbench.dependencies import in_waves, run_in_process
 
     cfg = tiny_config(method, epochs=epochs, **overrides)
+    for folder in ("full", "cut"):  # the runs the method requires (e.g. umt's teachers)
+        run_in_process([c for wave in in_waves([cfg])[:-1] for c in wave], out / folder)
     reference = engine.run(cfg, out / "full")
     with pytest.raises(KeyboardInterrupt):
         engine.run(cfg, out / "cut", stop_after_epoch(stop_after))

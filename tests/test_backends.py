@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from mmbench.cli import app
 from mmbench.config import ConfigError, SweepConfig
-from mmbench.results import read_runs, run_paths
+from mmbench.results import is_done, read_runs, run_paths
 from mmbench.scheduler.backends import SchedulingOptions, parse_key_values, slurm_options
 from mmbench.scheduler.local import LocalScheduler, Slots
 
@@ -192,6 +192,38 @@ def test_no_wait_returns_and_a_second_call_collects_without_resubmitting(tmp_pat
     assert json.loads((out / ".slurm" / "jobs.json").read_text()) == jobs
     assert all(log.read_text().count("--- attempt") == 1 for log in (out / "logs").glob("*.log"))
     assert_same_results(out, local_reference)
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_slurm_runs_the_required_runs_first_one_wave_per_no_wait_call(tmp_path):
+    """Issue 18: `mmbench run -m umt` on a clean folder trains the unimodal teachers, then umt, on SLURM too;
+    with --no-wait each call submits the next wave once the one before has finished."""
+    from mmbench.dependencies import in_waves, run_in_process
+
+    from .conftest import tiny_config
+
+    out = tmp_path / "results"
+    args = mmbench("run", "-m", "umt", "--seeds", "0", "--out", str(out), *SLURM_ARGS,
+                   *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")])
+    first = subprocess.run([*args, "--no-wait"], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "submitted 2 runs as SLURM job array" in first.stdout and "1 wait for runs they require" in first.stdout
+    teachers = in_waves([tiny_config("umt")])[0]
+    deadline = time.time() + 300
+    while not all(is_done(run_paths(out, t)) for t in teachers) and time.time() < deadline:
+        time.sleep(2)
+    second = subprocess.run([*args, "--no-wait"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "submitted 1 runs as SLURM job array" in second.stdout, second.stdout
+    collect = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert collect.returncode == 0 and "submitted" not in collect.stdout, collect.stdout + collect.stderr
+    local = tmp_path / "local"
+    run_in_process([tiny_config("umt")], local)
+    rows, reference = read_runs(out).set_index("run_id"), read_runs(local).set_index("run_id")
+    assert sorted(rows.index) == sorted(reference.index) and len(rows) == 3
+    for cfg in [*teachers, tiny_config("umt")]:
+        pd.testing.assert_frame_equal(pd.read_parquet(run_paths(out, cfg).preds),
+                                      pd.read_parquet(run_paths(local, cfg).preds))
 
 
 @needs_slurm

@@ -29,9 +29,18 @@ def test_aug_raises_the_slow_modality_and_the_fused_accuracy_on_synthetic(synthe
 @pytest.mark.slow
 def test_dlc_reduces_the_decision_layer_bias_of_a_trained_model_on_synthetic(synthetic_run):
     """On OPM-trained models (whose visual branch is capable), calibration lowers both the
-    audio logit share (D3) and the audio-decides rate (D4), seed by seed (two seeds: each retrains opm)."""
+    audio logit share (D3) and the audio-decides rate (D4), seed by seed (two seeds: each retrains opm) and for
+    the final and the best-val model, wherever its guard kept it: it falls back to the uncalibrated decision
+    when that had the lower validation NLL (here both best-val models on an AVX-512 CPU, neither on an AVX2
+    one), and then changes nothing."""
+    calibrated_models = 0
     for seed in (0, 1):
         uncalibrated, calibrated = synthetic_run("opm", seed), synthetic_run("dlc", seed, base="opm")
-        assert calibrated["best_val_acc_head_v"] == uncalibrated["best_val_acc_head_v"]  # same model
-        for measure in ("best_val_d3_logit_share_a", "best_val_d4_audio_decides"):
-            assert calibrated[measure] < uncalibrated[measure], (seed, measure)
+        for selection in ("final", "best_val"):
+            assert calibrated[f"{selection}_acc_head_v"] == uncalibrated[f"{selection}_acc_head_v"]  # same model
+            fell_back = calibrated[f"{selection}_diag_fell_back"] == 1
+            calibrated_models += not fell_back
+            for measure in ("d3_logit_share_a", "d4_audio_decides"):
+                now, before = calibrated[f"{selection}_{measure}"], uncalibrated[f"{selection}_{measure}"]
+                assert now == before if fell_back else now < before, (seed, selection, measure)
+    assert calibrated_models >= 1

@@ -229,6 +229,12 @@ def test_training_cost_is_shown_as_a_multiple_of_the_baselines_and_the_logits_ki
     table = next(t for t in tables(report) if t.title.startswith("d: test"))
     column = table.headers.index("cost")
     assert [row[column] for row in table.rows] == ["1.00×", "1.50×", "–"]
+    # with the runs a method stands on (umt's teachers; ume, which trains nothing, costs just those)
+    runs["required_gflops_per_sample"] = np.where(runs["method"] == "dgl", 1.0, np.where(runs["method"] == "old",
+                                                                                         4.0, np.nan))
+    main = build_report(runs, pd.DataFrame(), ReportOptions()).main.set_index("method")
+    assert main.loc["dgl", "cost_x"] == pytest.approx(2.0) and main.loc["old", "cost_x"] == pytest.approx(2.0)
+    runs = runs.drop(columns="required_gflops_per_sample")
     runs["train_gflops_per_sample"] = 2.0  # every method at the baseline's cost: no cost column
     same = next(t for t in tables(build_report(runs, pd.DataFrame(), ReportOptions())) if t.title.startswith("d: t"))
     assert "cost" not in same.headers
