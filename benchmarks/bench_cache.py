@@ -29,10 +29,10 @@ import torchaudio.functional as AF
 from PIL import Image
 from torchvision import transforms
 
-from mmbench import cache, fixtures, media
 from mmbench.config import resolve
-from mmbench.engine import tune_allocator
+from mmbench.data import cache, fixtures, media
 from mmbench.registry import DATASETS
+from mmbench.train.engine import tune_allocator
 
 
 def per_item_loader(root: Path, clips: list[str], generator: torch.Generator) -> torch.Tensor:

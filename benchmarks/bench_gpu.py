@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmbench import engine
 from mmbench.config import parse_sets, resolve
 from mmbench.registry import DATASETS
 from mmbench.results import read_epochs, read_runs
+from mmbench.train import engine
 
 CREMAD_TRAIN, CREMAD_TEST = 6698, 744
 SYNC_WARNING = "synchronizing CUDA operation"

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mmbench import check
+from mmbench.analysis import check
 from mmbench.config import parse_seeds
 
 

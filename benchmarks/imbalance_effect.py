@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 
+from mmbench.analysis.stats import paired_comparison
 from mmbench.config import expand, parse_seeds, parse_sets
-from mmbench.dependencies import run_in_process
 from mmbench.results import read_runs
-from mmbench.stats import paired_comparison
+from mmbench.train.dependencies import run_in_process
 
 METRICS = {"fused": "best_val_acc", "audio": "best_val_acc_head_a", "visual": "best_val_acc_head_v",
            "D3 share_a": "best_val_d3_logit_share_a", "D4 audio": "best_val_d4_audio_decides",

@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mmbench.cache import BadClip, ClipSource, Scan
 from mmbench.data import DataError
-from mmbench.prepared import COMMON_CHOICES, COMMON_HELP, COMMON_PARAMS, PreparedDataset
+from mmbench.data.cache import BadClip, ClipSource, Scan
+from mmbench.data.prepared import COMMON_CHOICES, COMMON_HELP, COMMON_PARAMS, PreparedDataset
 from mmbench.registry import register_dataset
 
 OGM_ORDER = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")

@@ -23,8 +23,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import Outputs
 
 
 def response_scores(responses: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:

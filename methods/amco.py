@@ -30,8 +30,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel, Outputs, init_linear
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel, Outputs, init_linear
 
 
 def masked_classes(l_t: float, eps: float, num_classes: int) -> int:

@@ -28,8 +28,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import Outputs
 
 _SCRIPT = {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 1e-4, "lr_step": 60, "lr_gamma": 0.1,
            "epochs": 80, "batch_size": 64, "fusion": "concat", "image_size": 224}

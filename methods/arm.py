@@ -47,9 +47,9 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.metrics import true_class_score
-from mmbench.models import AVModel, Outputs
 from mmbench.registry import register_method
+from mmbench.train.metrics import true_class_score
+from mmbench.train.models import AVModel, Outputs
 
 ESTIMATORS = ("official", "corrected")
 

@@ -43,8 +43,8 @@ from mmbench.config import ConfigError, RunConfig
 from mmbench.data import Batch, Split
 from mmbench.method import Method, RunContext
 from mmbench.methods.joint import OGM_GE_RECIPE
-from mmbench.models import AVModel, Outputs
 from mmbench.registry import METHODS, register_method
+from mmbench.train.models import AVModel, Outputs
 
 TEMPERATURE_BOUNDS = (0.1, 10.0)
 WEIGHT_BOUNDS = (0.1, 0.9)

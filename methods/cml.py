@@ -22,8 +22,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import Outputs
 
 
 def confidence_penalty(logits: torch.Tensor, logits_without: torch.Tensor, per_sample: bool) -> torch.Tensor:

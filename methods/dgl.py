@@ -23,8 +23,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import Outputs
 
 _SCRIPT = {"optimizer": "sgd", "lr": 2e-3, "momentum": 0.9, "weight_decay": 1e-4, "lr_milestones": [70],
            "lr_gamma": 0.1, "lr_step_at": "epoch_start", "epochs": 100, "batch_size": 64, "fusion": "concat",

@@ -27,9 +27,9 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.metrics import true_class_score
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.metrics import true_class_score
+from mmbench.train.models import Outputs
 
 #: `main.py` defaults (lines 34-45, 714-715): SGD lr 2e-3, momentum 0.9, weight decay 1e-4, StepLR(30, 0.1)
 #: after each epoch, 50 epochs, batch 64, concat; 3 frames drawn per clip (`dataset/CramedDataset.py`, from a

@@ -36,8 +36,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext, derive_seed
-from mmbench.models import AVModel, Outputs, init_linear
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel, Outputs, init_linear
 
 #: `Crema_epoch.py` lines 49-50.
 K0_COEFFICIENTS = (2.04623704e-01, 3.35472727e-03, 1.22989557e-04, -2.92947416e-06, 2.23835486e-08, -5.39717505e-11)

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import Outputs
 
 
 def distillation_terms(logits_a: torch.Tensor, logits_v: torch.Tensor, y: torch.Tensor,

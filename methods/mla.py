@@ -32,8 +32,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel, Outputs, init_linear
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel, Outputs, init_linear
 
 #: The README's CREMA-D command and `main.py`'s defaults (lines 26-34, 749, 760): SGD lr 1e-3, momentum 0.9,
 #: weight decay 1e-4, StepLR(70, 0.1), 100 epochs, batch 64; 3 frames (`dataset/dataset.py` line 142),

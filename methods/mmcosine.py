@@ -28,8 +28,8 @@ from torch import nn
 from mmbench.config import RunConfig
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import Outputs
 
 #: `main_CD.py` lines 59-66, 262-265 and the dataset's one frame (`dataset/dataset.py` lines 230-246); the
 #: schedule steps after each epoch (line 310), as mmbench's does. CREMA-D only: the code has no other

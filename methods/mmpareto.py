@@ -27,8 +27,8 @@ from torch import nn
 from mmbench.config import RunConfig
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel, Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel, Outputs
 
 #: `MMPareto.py` defaults (lines 28-33, 296-301) and `script/mmpareto.sh`: SGD lr 2e-3, momentum 0.9, weight
 #: decay 1e-4, 50 epochs, batch 64; the StepLR(30) is built but never stepped, so the lr stays constant. The

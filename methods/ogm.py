@@ -21,9 +21,9 @@ from torch import nn
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
 from mmbench.methods.joint import OGM_GE_RECIPE
-from mmbench.metrics import true_class_score
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.metrics import true_class_score
+from mmbench.train.models import Outputs
 
 _JOURNAL = {"optimizer": "adamw", "weight_decay": 0.01, "lr_gamma": 0.1, "epochs": 100, "batch_size": 32,
             "fusion": "concat"}

@@ -30,9 +30,9 @@ from torch.func import functional_call
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
 from mmbench.methods.ogm import JOURNAL_RECIPE
-from mmbench.metrics import true_class_score
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.metrics import true_class_score
+from mmbench.train.models import Outputs
 
 
 def drop_probability_tensor(score_a: torch.Tensor, score_v: torch.Tensor, q_base: float,

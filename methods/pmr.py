@@ -29,8 +29,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import Outputs
 
 #: `bash.sh` line 217: concat fusion, 3 frames, 130 epochs, AdaGrad lr 1e-3 (PyTorch's defaults: no weight
 #: decay, no schedule, `main_Prototype_grad.py` lines 466-468), batch 64 (the default, line 35), alpha 2.0,

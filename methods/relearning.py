@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel
 
 #: `script/ours.sh` and `ours.py`'s defaults: SGD lr 2e-3, momentum 0.9, weight decay 1e-4 (line 368) and no
 #: schedule (`lr_decay_step` is parsed but never used), 90 epochs, batch 64, lambda 3, re-initialisation every

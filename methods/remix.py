@@ -25,8 +25,8 @@ from torch import nn
 
 from mmbench.data import Batch, PlannedBatch, plan_batches
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel, Outputs, init_linear
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel, Outputs, init_linear
 
 #: `scripts/run_train.sh` and `train.py`'s defaults (lines 31-48, 233-235): Adam lr 5e-5 with L2 weight
 #: decay 1e-4, StepLR(30, 0.1), 60 epochs, batch 64, warm-up 10; 2 frames (`datasets/dataloader.py` line 80),

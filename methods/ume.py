@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel, Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel, Outputs
 
 
 class Ensemble(nn.Module):

@@ -22,8 +22,8 @@ from torch import nn
 
 from mmbench.data import Batch
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel, Outputs
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel, Outputs
 
 TEACHERS = {"teacher_a": {"method": "unimodal", "modality": "audio"},
             "teacher_v": {"method": "unimodal", "modality": "visual"}}

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from mmbench.method import Method, RunContext
-from mmbench.models import AVModel, Outputs, init_linear
 from mmbench.registry import register_method
+from mmbench.train.models import AVModel, Outputs, init_linear
 
 
 class UnimodalModel(nn.Module):

@@ -19,7 +19,7 @@ from mmbench.config import ConfigError, DataError, RunConfig
 from mmbench.registry import DATASETS, METHODS, PluginError, UnknownNameError, load_plugins
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Benchmark modality-imbalance methods under one honest protocol.")
@@ -266,21 +266,6 @@ def run_command(
     _print_summary(configs, out)
 
 
-def _execute_or_wait(cfg: RunConfig, out: Path, reporter: Any, execute: Any, poll_s: float = 2.0) -> str:
-    """Train the run, or, while another mmbench process holds its lock, wait for that one: the command
-    ends with the result either way ("done elsewhere"), or trains the run itself if the other failed."""
-    waited = False
-    while True:
-        outcome = execute(cfg, out, reporter, announce_lock=False)
-        if outcome != "locked":
-            return "done elsewhere" if waited and outcome == "done" else outcome
-        if not waited:
-            err.print(f"{cfg.method} seed {cfg.seed}: another mmbench process is running it on {out}; waiting "
-                      "for it (Ctrl-C leaves it running)")
-            waited = True
-        time.sleep(poll_s)
-
-
 def _scheduling(backend: str, jobs: int | None, gpus: str | None, runs_per_gpu: int | None, gpu_mem: float | None,
                 retries: int, slurm: list[str] | None, no_wait: bool, address: str | None) -> Any:
     from mmbench.scheduler.backends import SchedulingOptions, parse_key_values
@@ -364,129 +349,39 @@ def _print_configs(configs: list[RunConfig], given: dict[str, Any], source: str,
 def _check_data(cfg: RunConfig) -> None:
     """A dataset on disk must be prepared before any run starts (one clear error, not N failed runs)."""
     cls = DATASETS.get(cfg.dataset)
-    # a dataset read from disk imported mmbench.prepared (and PyAV, scipy) with its module; a generated one
+    # a dataset read from disk imported mmbench.data.prepared (and PyAV, scipy) with its module; a generated one
     # must not pay 4 s for them
-    prepared = sys.modules.get("mmbench.prepared")
+    prepared = sys.modules.get("mmbench.data.prepared")
     if prepared is not None and issubclass(cls, prepared.PreparedDataset):
         cls(cfg).locate()
 
 
 def _execute(configs: list[RunConfig], out: Path, retries: int = 0, plugins: list[str] | None = None) -> None:
-    """Runs one after another with a view of each epoch: a single run in this process, several each in
-    a worker process of its own, so that a native crash (a segfault in a method's extension) ends only
-    that run, recorded as failed, and the next one still runs (as in `sweep`). The runs the methods
-    require come first; a run whose required run failed fails without starting."""
-    import functools
-
-    from mmbench import engine
-    from mmbench.dependencies import blocked, in_waves, record_blocked, required_by
-    from mmbench.results import is_done, run_paths
-    from mmbench.scheduler.worker import execute
+    """One run after another in this terminal (mmbench/scheduler/inline.py); exit 1 on failures."""
+    from mmbench.scheduler.inline import run_in_order
+    from mmbench.train import engine
 
     try:
         engine.select_device(configs[0].device)
-        waves, notes = in_waves(configs), required_by(configs)
+        failures, total = run_in_order(configs, out, console, err, retries, plugins)
     except (engine.RunFailed, ConfigError) as exc:
         fail(str(exc))
-    everything = [cfg for wave in waves for cfg in wave]
-    if sum(not is_done(run_paths(out, cfg)) for cfg in everything) > 1:
-        execute = functools.partial(_execute_in_child, plugins=plugins or [])
-    failures = []
-    for cfg in everything:
-        paths = run_paths(out, cfg)
-        name = f"{cfg.method} seed {cfg.seed}" + (f" ({notes[cfg.run_id]})" if cfg.run_id in notes else "")
-        reason = blocked(cfg, out)
-        if reason is not None:
-            record_blocked(out, cfg, reason)
-            err.print(f"[bold red]failed:[/] {name}: {reason}", markup=True, highlight=False)
-            failures.append(cfg)
-            continue
-        outcome = _execute_with_retries(cfg, out, retries, execute)
-        if outcome == "done":
-            console.print(f"{name}: already done ({paths.row})", markup=False)
-        elif outcome == "done elsewhere":
-            console.print(f"{name}: done by another mmbench process ({paths.row})", markup=False)
-        elif outcome == "failed":
-            err.print(f"[bold red]failed:[/] {name}: see {paths.failed}", markup=True, highlight=False)
-            failures.append(cfg)
-        else:
-            from mmbench.results import read_row
-
-            row = read_row(paths)
-            console.print(f"{name}: test acc {row['best_val_acc']:.4f} "
-                          f"(best-val epoch {row['best_val_epoch'] + 1} of {cfg.epochs}), "
-                          f"final {row['final_acc']:.4f}, "
-                          f"{row['wall_s']:.0f}s -> {paths.row}", markup=False)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     if failures:
         _print_summary(configs, out)
-        err.print(f"{len(failures)} of {len(everything)} runs failed: "
+        err.print(f"{len(failures)} of {total} runs failed: "
                   + ", ".join(f"{c.method} seed {c.seed}" for c in failures))
         raise typer.Exit(1)
-
-
-def _execute_with_retries(cfg: RunConfig, out: Path, retries: int, execute: Any) -> str:
-    from mmbench.progress import make_reporter
-
-    for attempt in range(retries + 1):
-        reporter = make_reporter(console)
-        try:
-            outcome = _execute_or_wait(cfg, out, reporter, execute)
-        except KeyboardInterrupt:
-            getattr(reporter, "close", lambda: None)()
-            err.print(f"interrupted: {cfg.method} seed {cfg.seed} resumes from its last finished "
-                      "epoch when you run the same command again")
-            raise typer.Exit(130) from None
-        getattr(reporter, "close", lambda: None)()
-        if outcome != "failed":
-            break
-        if attempt < retries:
-            err.print(f"retrying {cfg.method} seed {cfg.seed} (attempt {attempt + 2})")
-    return outcome
-
-
-def _execute_in_child(cfg: RunConfig, out: Path, reporter: Any, announce_lock: bool = False,
-                      plugins: list[str] | None = None) -> str:
-    """`worker.execute` in a worker process: "trained", "done", "failed" or "locked". The worker draws on
-    this terminal; where this command's output is not a terminal its lines are passed on."""
-    import os
-    import signal
-    import subprocess
-
-    from mmbench.results import is_done, run_paths
-    from mmbench.scheduler import worker
-
-    if is_done(run_paths(out, cfg)):
-        return "done"
-    spec = worker.write_spec(out, cfg, plugins or [])
-    env = {**os.environ, worker.PARENT_ENV: str(os.getpid()), worker.TERMINAL_ENV: "1"}
-    relay = not console.is_terminal
-    child = subprocess.Popen(worker.worker_command(spec, out), env=env, text=True, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE if relay else None, stderr=subprocess.STDOUT if relay else None)
-    try:
-        for line in child.stdout if relay else ():
-            console.print(line.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
-        code = child.wait()
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the worker stops too; its last finished epoch is kept
-        child.send_signal(signal.SIGTERM)
-        child.wait()
-        raise
-    if code == worker.LOCKED_ELSEWHERE:
-        return "locked"
-    if code == worker.DONE_ELSEWHERE:
-        return "done"
-    if code == 0:
-        return "trained" if is_done(run_paths(out, cfg)) else "failed"
-    if not run_paths(out, cfg).failed.exists() or code != 1:  # killed: the engine could not record why
-        worker.record_failure(out, cfg, f"the worker process {worker.describe_exit(code)}", attempts=1)
-    return "failed"
 
 
 def _schedule(configs: list[RunConfig], out: Path, options: Any, plugins: list[str] | None) -> None:
     """Hand the runs to a backend (local processes, SLURM, Ray), show progress, exit 1 on failures. The runs
     the methods require go first, in waves: a wave starts once the one before has ended."""
-    from mmbench.dependencies import in_waves
     from mmbench.scheduler.backends import make_backend
     from mmbench.scheduler.display import SweepDisplay
+    from mmbench.scheduler.waves import run_waves
+    from mmbench.train.dependencies import in_waves
 
     display = SweepDisplay(console)
     try:
@@ -499,7 +394,7 @@ def _schedule(configs: list[RunConfig], out: Path, options: Any, plugins: list[s
 
     try:
         with display:
-            summary, waiting = _run_waves(backend, waves, out, display)
+            summary, waiting = run_waves(backend, waves, out, on_tick=display.tick)
     except SlurmError as exc:
         fail(str(exc))
     if summary.detached:
@@ -520,37 +415,6 @@ def _schedule(configs: list[RunConfig], out: Path, options: Any, plugins: list[s
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
-
-
-def _run_waves(backend: Any, waves: list[list[RunConfig]], out: Path, display: Any) -> tuple[Any, int]:
-    """Each wave through the backend, after recording as failed the runs whose required runs failed. Stops
-    after a wave that did not end here (SLURM --no-wait, Ctrl-C); returns the summary of everything and how
-    many runs of later waves were not handed over."""
-    from mmbench.dependencies import blocked, record_blocked
-    from mmbench.scheduler import SweepSummary
-    from mmbench.scheduler.worker import log_path
-
-    total = SweepSummary(total=sum(len(wave) for wave in waves))
-    for index, wave in enumerate(waves):
-        ready = []
-        for cfg in wave:
-            reason = blocked(cfg, out)
-            if reason is None:
-                ready.append(cfg)
-            else:
-                record_blocked(out, cfg, reason)
-                total.failed.append((cfg, f"not started: {reason}", log_path(out, cfg)))
-        summary = backend.run(ready, on_tick=display.tick)
-        total.done += summary.done
-        total.skipped += summary.skipped
-        total.failed += summary.failed
-        total.durations += summary.durations
-        total.interrupted = summary.interrupted
-        pending = summary.total - summary.done - summary.skipped - len(summary.failed)
-        total.detached = summary.detached and pending > 0
-        if total.detached or summary.interrupted:
-            return total, sum(len(later) for later in waves[index + 1:])
-    return total, 0
 
 
 @app.command("sweep")
@@ -582,8 +446,8 @@ def sweep_command(
             writable_folder(out, "--out")
     except USER_ERRORS as exc:
         fail(str(exc))
-    from mmbench.dependencies import in_waves, required_by
     from mmbench.results import is_done, run_paths
+    from mmbench.train.dependencies import in_waves, required_by
 
     try:
         everything, notes = [cfg for wave in in_waves(configs) for cfg in wave], required_by(configs)
@@ -635,7 +499,7 @@ def prepare_command(
     plugin: PluginOpt = None,
 ) -> None:
     """Decode every clip of DATASET once into the feature cache that runs read (resumable; a no-op when done)."""
-    from mmbench.prepared import PreparedDataset
+    from mmbench.data.prepared import PreparedDataset
 
     try:
         load_plugins(plugin)
@@ -656,7 +520,7 @@ def prepare_command(
             jobs = available_cpus()
         if jobs < 1:
             raise ConfigError(f"--jobs {jobs}: must be at least 1")
-        from mmbench.cache import default_cache_root
+        from mmbench.data.cache import default_cache_root
 
         writable_folder(Path(params["cache"]).expanduser() if params.get("cache") else default_cache_root(), "--cache")
         _prepare(cls, params, jobs, strict)
@@ -670,8 +534,8 @@ def prepare_command(
 def _prepare(cls: Any, params: dict[str, Any], jobs: int, strict: bool) -> None:
     import time
 
-    from mmbench import cache as cache_mod
-    from mmbench.prepared import check_not_lfs
+    from mmbench.data import cache as cache_mod
+    from mmbench.data.prepared import check_not_lfs
 
     root = cls.data_root(params)
     scan = cls.scan(root, params)
@@ -756,7 +620,7 @@ def fixtures_command(
     seed: Annotated[int, typer.Option(help="Seed of the generated content.")] = 0,
 ) -> None:
     """Write a small dataset in a real on-disk layout, to try `mmbench prepare` and `run` on."""
-    from mmbench import fixtures
+    from mmbench.data import fixtures
 
     try:
         name = DATASETS.info(dataset).name
@@ -798,8 +662,8 @@ def report_command(
                                                       "KEY=VALUE (repeatable; e.g. lr=0.05).")] = None,
 ) -> None:
     """Tables and figures with significance tests over seeds, from one or more results folders."""
-    from mmbench import render
-    from mmbench import report as report_mod
+    from mmbench.analysis import render
+    from mmbench.analysis import report as report_mod
 
     formats = tuple(f.strip() for f in format_.split(",") if f.strip())
     try:
@@ -830,7 +694,7 @@ def report_command(
                               f"(methods: {', '.join(sorted(set(runs['variant'])))})")
         report = report_mod.build_report(runs, epochs, options)
         files = [f for f in formats if f not in ("terminal", "json")]
-        written = report_mod.write_report(report, out, tuple(files), figures=figures and bool(files),
+        written = render.write_report(report, out, tuple(files), figures=figures and bool(files),
                                           figure_formats=figure_files)
     except (report_mod.ReportError, *USER_ERRORS) as exc:
         fail(str(exc))
@@ -867,8 +731,8 @@ def check_command(
 ) -> None:
     """Run every method of a suite on a small fixed configuration and compare its accuracy with a
     committed baseline; exits 1 when a method regressed (docs/statistics.md §7)."""
-    from mmbench import check
-    from mmbench.dependencies import in_waves
+    from mmbench.analysis import check
+    from mmbench.train.dependencies import in_waves
 
     baseline = baseline or check.BASELINES / suite
     try:
@@ -906,7 +770,7 @@ def check_command(
     console.print(f"{counts['trained']} runs trained, {counts['done']} read from {out} "
                   f"({time.time() - started:.0f} s)", markup=False)
     if update:
-        _write_baseline(check, baseline, suite, results, configs, env)
+        check.write_baseline(baseline, suite, results, configs, env, console)
         return
     changes = check.environment_changes(base["environment"], env)
     if changes:
@@ -915,7 +779,7 @@ def check_command(
                       "statistical test", markup=False)
     # A per-seed prediction-hash match proves itself, whatever the environment key says.
     verdicts = check.compare(base, results, exact_allowed=not overrides, margin=base.get("margin", check.MARGIN))
-    _print_verdicts(verdicts, base)
+    check.print_verdicts(verdicts, base, console)
     regressed = [v.method for v in verdicts if v.failed]
     if regressed:
         err.print(f"[bold red]regression:[/] {', '.join(regressed)} fell below the baseline "
@@ -933,110 +797,18 @@ def _check_seeds(text: str) -> list[int]:
     return config_mod.parse_seeds(text)
 
 
-def _write_baseline(check: Any, folder: Path, suite: str, results: dict, configs: dict, env: dict) -> None:
-    from mmbench.results import write_json
-
-    path = folder / check.BASELINE_FILE
-    try:
-        old = json.loads(path.read_text())
-        previous = old.get("methods", {}) if old.get("suite") == suite else {}
-    except (OSError, ValueError, AttributeError):
-        old, previous = None, {}
-    payload = check.baseline_payload(suite, results, configs, env)
-    same_suite = old is not None and old.get("format") == check.FORMAT_VERSION and \
-        old.get("settings") == payload["settings"]
-    if same_suite:  # the methods not re-run keep their entries
-        payload["methods"] = {**{m: v for m, v in previous.items() if m not in results}, **payload["methods"]}
-    elif previous and set(previous) - set(results):
-        console.print("the suite's settings changed: methods not re-run now are dropped from the baseline "
-                      f"({', '.join(sorted(set(previous) - set(results)))})", markup=False)
-    write_json(path, payload)
-    console.print(f"wrote {path}", markup=False)
-    for method, entry in payload["methods"].items():
-        before = previous.get(method)
-        if method not in results:
-            continue
-        if before is None:
-            console.print(f"  {method}: new, {entry['mean'] * 100:.2f} ± {entry['sd'] * 100:.2f} % over "
-                          f"{len(entry['seeds'])} seeds", markup=False)
-        elif before["preds_sha256"] == entry["preds_sha256"]:
-            console.print(f"  {method}: unchanged (identical predictions)", markup=False)
-        else:
-            console.print(f"  {method}: {before['mean'] * 100:.2f} -> {entry['mean'] * 100:.2f} % "
-                          f"(sd {before['sd'] * 100:.2f} -> {entry['sd'] * 100:.2f})", markup=False)
-    if isinstance(old, dict) and isinstance(old.get("environment"), dict):
-        for change in check.environment_changes(old["environment"], env):
-            console.print(f"  environment: {change}", markup=False)
-
-
-def _print_verdicts(verdicts: list, base: dict) -> None:
-    table = Table(title=f"mmbench check: test accuracy (%) vs baseline ({base['created']}), suite {base['suite']}",
-                  title_justify="left")
-    for column in ("method", "baseline median", "current median", "shift", "paired Δ", "p (Holm)", "verdict"):
-        table.add_column(column, justify="left" if column in ("method", "verdict") else "right")
-    for v in verdicts:
-        cells = [v.method, f"{v.baseline_mean * 100:.2f} (n={v.n_ref})", f"{v.current_mean * 100:.2f} (n={v.n})"]
-        if v.test is not None:
-            paired = f"{v.paired.mean_diff * 100:+.2f} (n={v.paired.n})" if v.paired is not None else "-"
-            cells += [f"{v.test.shift * 100:+.2f}", paired, f"{v.p_holm:.3g}"]
-        else:
-            cells += [f"{(v.current_mean - v.baseline_mean) * 100:+.2f}" if v.status == "exact" else "-", "-", "-"]
-        style = {"REGRESSED": "bold red", "stale": "yellow", "no baseline": "yellow"}.get(v.status, "green")
-        table.add_row(*cells, f"[{style}]{v.status}[/]")
-    console.print(table)
-    notes = ["exact: every seed's predictions identical to the baseline's for that seed (no statistics needed)"]
-    if any(v.test is not None for v in verdicts):
-        margin = next(v.test.margin for v in verdicts if v.test is not None)
-        notes.append(f"otherwise two one-sided tests of a drop larger than {margin * 100:g} pp, combined by "
-                     "Bonferroni: a rank-sum permutation test against all the baseline's seeds (shift = median of "
-                     "current - baseline over all pairs of seeds) and a paired t-test over the seeds the baseline "
-                     "also ran (paired Δ = mean of current - baseline, seed by seed); Holm over "
-                     f"{_tested(verdicts)} methods at a family false-alarm rate of {base['alpha_family']:g}; "
-                     "docs/statistics.md")
-    if any(v.status == "stale" for v in verdicts):
-        notes.append("stale: better than the baseline beyond the margin; run `mmbench check --update`")
-    if any(v.status == "no baseline" for v in verdicts):
-        notes.append("no baseline: a method the baseline lacks; run `mmbench check --update --methods NAME`")
-    for note in notes:
-        console.print(note, markup=False)
-
-
-def _tested(verdicts: list) -> int:
-    return max(1, sum(v.test is not None for v in verdicts))
-
-
-def _mean_sd(values: pd.Series) -> str:
-    values = values.dropna().astype(float) * 100
-    if values.empty:
-        return "-"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.2f}"
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
-
-
 def _print_summary(configs: list[RunConfig], out: Path) -> None:
+    from mmbench.analysis.summary import NOTE, seed_summary
     from mmbench.results import read_runs
 
     rows = read_runs(out)
     for line in rows.attrs["unreadable"]:
         err.print(line, markup=False)
+    rows = rows[rows["run_id"].isin({cfg.run_id for cfg in configs})] if not rows.empty else rows
     if rows.empty:
         return
-    rows = rows[rows["run_id"].isin({cfg.run_id for cfg in configs})]
-    if rows.empty:
-        return
-    dataset = configs[0].dataset
-    table = Table(title=f"{dataset}: test accuracy (%) over seeds, mean ± sd", title_justify="left")
-    for column in ("method", "seeds", "acc (best val)", "audio", "visual", "acc (final)",
-                   "max over epochs*"):
-        table.add_column(column, justify="left" if column == "method" else "right")
-    for method, group in rows.groupby("method", sort=False):
-        table.add_row(method, str(len(group)), _mean_sd(group["best_val_acc"]),
-                      _mean_sd(group["best_val_acc_head_a"]), _mean_sd(group["best_val_acc_head_v"]),
-                      _mean_sd(group["final_acc"]), _mean_sd(group["paper_max_acc"]))
-    console.print(table)
-    console.print("audio/visual: each modality's own logits (concat: its half of the fusion layer). "
-                  "*max over epochs = the papers' test-set selection, optimistic; not for comparisons.")
+    console.print(seed_summary(rows, configs[0].dataset))
+    console.print(NOTE)
     console.print(f"results: {out.resolve()}")
 
 

@@ -371,7 +371,7 @@ def resolve(
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", core["device"]):
         raise ConfigError(f"device={core['device']!r} is not allowed; choices: auto, cpu, cuda, cuda:N")
     if core["log"] != "none":
-        from mmbench.trackers import parse_log
+        from mmbench.train.trackers import parse_log
 
         parse_log(core["log"])
     seed = _to_int(seed)

@@ -62,9 +62,9 @@ def training_setup(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
     optimizer); the context holds the method, optimizer and training split as handles for tests."""
     import torch
 
-    from mmbench import engine
     from mmbench.method import RunContext
     from mmbench.registry import DATASETS, METHODS
+    from mmbench.train import engine
 
     device = torch.device("cpu")
     dataset = DATASETS.get(cfg.dataset)(cfg)
@@ -84,10 +84,10 @@ def training_setup(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
 def bind_untrained_requirements(ctx: Any) -> None:
     """`ctx.load_run` for tests that look inside one method's step: the models of the runs it requires as
     they are built (untrained, in eval mode and frozen, as the engine hands trained ones over)."""
-    from mmbench import engine
-    from mmbench.dependencies import required_configs
     from mmbench.method import RunContext
     from mmbench.registry import METHODS
+    from mmbench.train import engine
+    from mmbench.train.dependencies import required_configs
 
     required = required_configs(ctx.cfg)
 
@@ -124,9 +124,9 @@ def synthetic_run(tmp_path_factory):
 
     import fcntl
 
-    from mmbench import engine
-    from mmbench.dependencies import in_waves
     from mmbench.results import is_done, read_row, run_paths
+    from mmbench.train import engine
+    from mmbench.train.dependencies import in_waves
 
     if os.environ.get("PYTEST_XDIST_WORKER"):  # one folder for the session's workers: each run trained once
         out = tmp_path_factory.getbasetemp().parent / "synthetic-results"
@@ -154,7 +154,7 @@ def synthetic_run(tmp_path_factory):
 
 def step_counter() -> Any:
     """A reporter that counts training steps in `.count` (and reads nothing from the device)."""
-    from mmbench import engine
+    from mmbench.train import engine
 
     class StepCount(engine.Reporter):
         count = 0
@@ -167,7 +167,7 @@ def step_counter() -> Any:
 
 def stop_after_epoch(epoch: int) -> Any:
     """A reporter that interrupts a run (as Ctrl-C would) once `epoch` (from 0) finished."""
-    from mmbench import engine
+    from mmbench.train import engine
 
     class Stop(engine.Reporter):
         def epoch_finished(self, row: dict[str, Any]) -> None:
@@ -179,8 +179,8 @@ def stop_after_epoch(epoch: int) -> Any:
 
 def assert_resumes_identical(method: str, out: Any, epochs: int = 3, stop_after: int = 1, **overrides: Any) -> None:
     """A run of `method` interrupted after epoch `stop_after` and run again ends as the uninterrupted run."""
-    from mmbench import engine
-    from mmbench.dependencies import in_waves, run_in_process
+    from mmbench.train import engine
+    from mmbench.train.dependencies import in_waves, run_in_process
 
     cfg = tiny_config(method, epochs=epochs, **overrides)
     for folder in ("full", "cut"):  # the runs the method requires (e.g. umt's teachers)

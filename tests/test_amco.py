@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mmbench.methods.amco import dependent_flags, masked_classes
-from mmbench.models import Outputs
+from mmbench.train.models import Outputs
 
 from .conftest import assert_resumes_identical, tiny_config, training_setup
 

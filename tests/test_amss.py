@@ -8,7 +8,7 @@ import math
 import torch
 
 from mmbench.methods.amss import channel_mask, channel_shares, mask_coefficients, masked_convolutions
-from mmbench.models import Encoder, ResNet18, SmallCNN
+from mmbench.train.models import Encoder, ResNet18, SmallCNN
 
 from .conftest import assert_resumes_identical
 

@@ -19,7 +19,7 @@ from mmbench.methods.arm import (
     normalized_conditional_mutual_information,
     normalized_mutual_information,
 )
-from mmbench.models import Encoder, SmallCNN
+from mmbench.train.models import Encoder, SmallCNN
 
 from .conftest import tiny_config, train_steps
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmbench import engine
 from mmbench.config import resolve
 from mmbench.methods.aug import assign_head, boosting_loss, is_check_epoch, residual_target
 from mmbench.results import read_epochs, read_preds, run_paths
+from mmbench.train import engine
 
 from .conftest import stop_after_epoch, tiny_config, train_steps
 

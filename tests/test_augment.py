@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from mmbench.augment import (
+from mmbench.data.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     batched_resized_crops,

@@ -63,7 +63,7 @@ def devices_seen(out: Path) -> list[str]:
 def local_reference(tmp_path_factory) -> Path:
     """The sweep's runs trained directly in this process, the reference for the backends (the local
     backend's own tests are in tests/test_sweep.py; a worker process per run would cost ~5 s each here)."""
-    from mmbench import engine
+    from mmbench.train import engine
 
     folder = tmp_path_factory.mktemp("local")
     configs = SweepConfig.load(write_sweep(folder / "sweep.yaml")).expand()
@@ -199,7 +199,7 @@ def test_no_wait_returns_and_a_second_call_collects_without_resubmitting(tmp_pat
 def test_slurm_runs_the_required_runs_first_one_wave_per_no_wait_call(tmp_path):
     """Issue 18: `mmbench run -m umt` on a clean folder trains the unimodal teachers, then umt, on SLURM too;
     with --no-wait each call submits the next wave once the one before has finished."""
-    from mmbench.dependencies import in_waves, run_in_process
+    from mmbench.train.dependencies import in_waves, run_in_process
 
     from .conftest import tiny_config
 

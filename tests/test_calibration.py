@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmbench import engine
 from mmbench.methods.calibration import (
     TEMPERATURE_BOUNDS,
     WEIGHT_BOUNDS,
@@ -16,8 +15,9 @@ from mmbench.methods.calibration import (
     fit_calibration,
     fit_temperature,
 )
-from mmbench.metrics import decision_layer_diagnostics
 from mmbench.results import read_epochs, read_runs
+from mmbench.train import engine
+from mmbench.train.metrics import decision_layer_diagnostics
 
 from .conftest import tiny_config
 
@@ -115,7 +115,7 @@ def test_dlc_falls_back_where_calibration_collapsed_a_ci_seed(tmp_path):
     """Issue 14: `ci` suite seed 6 lost 10 points (test 61 % against joint's 70 %): its best-on-validation
     checkpoint was calibrated from 77 % to 67 % validation accuracy. Now the calibration is refused
     and dlc keeps joint's decision: the same test accuracy, `fell_back` logged."""
-    from mmbench.check import suite_configs
+    from mmbench.analysis.check import suite_configs
 
     for method in ("joint", "dlc"):
         engine.run(suite_configs("ci", [6], [method], CI_SUITE_OF_ISSUE_14)[method][0], tmp_path / method)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mmbench import check
+from mmbench.analysis import check
 from mmbench.cli import app
 from mmbench.registry import METHODS as METHODS_REGISTRY
 

@@ -293,8 +293,8 @@ def test_an_output_that_cannot_be_written_fails_before_any_work_in_one_line(tmp_
 
 
 def test_a_failure_record_that_cannot_be_written_does_not_hide_the_failure(tmp_path, monkeypatch):
-    from mmbench import engine
     from mmbench.config import resolve
+    from mmbench.train import engine
 
     def no_space(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -307,16 +307,16 @@ def test_a_failure_record_that_cannot_be_written_does_not_hide_the_failure(tmp_p
 
 def test_a_run_locked_by_another_process_is_waited_for_and_reported_as_done_there():
     """Issue 15.23: the second of two concurrent `run`s exited 0 having produced nothing."""
-    from mmbench.cli import _execute_or_wait
+    from mmbench.scheduler.inline import execute_or_wait
 
     def scripted(*outcomes):
         queue = list(outcomes)
         return lambda cfg, out, reporter, announce_lock=True: queue.pop(0)
 
     cfg = tiny_config()
-    assert _execute_or_wait(cfg, "out", None, scripted("locked", "locked", "done"), poll_s=0) == "done elsewhere"
-    assert _execute_or_wait(cfg, "out", None, scripted("locked", "trained"), poll_s=0) == "trained"  # it failed there
-    assert _execute_or_wait(cfg, "out", None, scripted("done"), poll_s=0) == "done"
+    assert execute_or_wait(cfg, "out", None, scripted("locked", "locked", "done"), poll_s=0) == "done elsewhere"
+    assert execute_or_wait(cfg, "out", None, scripted("locked", "trained"), poll_s=0) == "trained"  # it failed there
+    assert execute_or_wait(cfg, "out", None, scripted("done"), poll_s=0) == "done"
 
 
 def test_sigterm_stops_a_run_like_ctrl_c_and_the_run_resumes(tmp_path):

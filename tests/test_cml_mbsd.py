@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmbench import engine
 from mmbench.method import RunContext
 from mmbench.methods.cml import confidence_penalty
 from mmbench.methods.mbsd import distillation_terms
-from mmbench.models import Outputs
 from mmbench.registry import METHODS
+from mmbench.train import engine
+from mmbench.train.models import Outputs
 
 from .conftest import assert_resumes_identical, tiny_config
 

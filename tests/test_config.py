@@ -172,7 +172,7 @@ def test_with_several_methods_a_hyperparameter_goes_to_the_methods_that_have_it(
 
 def test_a_method_prefix_scopes_any_setting_to_that_method():
     """Issue 14 item 10: `mmbench check --set joint.lr=...` was rejected (lr is a core key)."""
-    from mmbench import check
+    from mmbench.analysis import check
 
     configs = check.suite_configs("ci", [0], ["joint", "opm"], {"joint.lr": "0.5", "opm.epochs": "2"})
     joint, opm = configs["joint"][0], configs["opm"][0]
@@ -183,7 +183,7 @@ def test_a_method_prefix_scopes_any_setting_to_that_method():
 def test_the_ci_suite_trains_arm_longer_unless_the_user_sets_the_key_for_every_method():
     """Issue 14: arm's seeds spread by 3.8 pp after the suite's 10 epochs, so the suite gives it 20;
     `mmbench check --set epochs=3` must still mean 3 epochs for every method, arm included."""
-    from mmbench import check
+    from mmbench.analysis import check
 
     suite = check.suite_configs("ci", [0], ["arm", "joint"])
     assert (suite["arm"][0].epochs, suite["arm"][0].lr_step) == (20, 14)

@@ -88,7 +88,7 @@ class _PlannedCopies(Method):
 
 
 def test_a_planned_epoch_trains_its_rows_in_order_with_the_removed_features_zeroed(tmp_path, monkeypatch):
-    from mmbench import engine
+    from mmbench.train import engine
 
     monkeypatch.setitem(METHODS._items, "planned-copies", _PlannedCopies)
     captured = {}
@@ -131,7 +131,7 @@ def test_plan_batches_cuts_rows_and_masks_in_order():
     (PlannedBatch(torch.tensor([0, 1]), keep_v=torch.tensor([1, 0])), "keep_v must be a bool tensor"),
 ])
 def test_a_malformed_plan_is_refused_naming_the_method_and_step(step, message):
-    from mmbench.engine import check_plan
+    from mmbench.train.engine import check_plan
 
     with pytest.raises(ValueError, match=f"method m: epoch_plan step 2: {message}"):
         check_plan([PlannedBatch(torch.tensor([0])), step], 240, "m")
@@ -139,7 +139,7 @@ def test_a_malformed_plan_is_refused_naming_the_method_and_step(step, message):
 
 def test_keep_masks_need_named_encoders():
     from mmbench.config import ConfigError
-    from mmbench.engine import FeatureMasks
+    from mmbench.train.engine import FeatureMasks
 
     with pytest.raises(ConfigError, match="method m: .* no `audio_encoder`"):
         FeatureMasks(nn.Linear(2, 2), "m")

@@ -1,14 +1,14 @@
-"""Training cost per run (mmbench/cost.py): encoder passes counted while training, FLOPs from the meta device."""
+"""Training cost per run (mmbench/train/cost.py): encoder passes counted while training, FLOPs from the meta device."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmbench import engine
-from mmbench.cost import encoder_flops
 from mmbench.method import MODALITY_LOGITS, Method
-from mmbench.models import Encoder, ResNet18, SmallCNN
 from mmbench.registry import METHODS
+from mmbench.train import engine
+from mmbench.train.cost import encoder_flops
+from mmbench.train.models import Encoder, ResNet18, SmallCNN
 from tests.conftest import tiny_config
 
 
@@ -61,7 +61,7 @@ class _MatrixLayer(torch.nn.Module):
 def test_the_analytic_count_equals_torchs_flop_counter(backbone, shape):
     """The count by layer shapes equals torch.utils.flop_counter's on the meta device (which imports torch's
     compiler, ~1.5 s per run process), forwards and backwards, grouped convolutions and linear layers too."""
-    from mmbench.cost import _torch_counted_flops
+    from mmbench.train.cost import _torch_counted_flops
 
     encoder = Encoder(backbone())
     meta = Encoder(encoder.backbone).to("meta").eval()

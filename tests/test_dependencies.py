@@ -11,14 +11,15 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from mmbench import engine
-from mmbench.cli import _run_waves, app
+from mmbench.cli import app
 from mmbench.config import ConfigError
-from mmbench.dependencies import in_waves, required_by, required_configs
 from mmbench.method import Method
 from mmbench.registry import METHODS
 from mmbench.results import is_done, read_runs, run_paths
 from mmbench.scheduler import SweepSummary
+from mmbench.scheduler.waves import run_waves
+from mmbench.train import engine
+from mmbench.train.dependencies import in_waves, required_by, required_configs
 
 from .conftest import TINY, tiny_config
 
@@ -170,20 +171,15 @@ class _Backend:
         return SweepSummary(total=len(configs), skipped=0 if self.queued else len(configs), detached=True)
 
 
-class _Display:
-    def tick(self, *args):
-        pass
-
-
 def test_waves_stop_after_one_left_queued_and_never_hand_over_a_run_whose_required_runs_did_not_finish(tmp_path):
     waves = in_waves([tiny_config("umt")])
     queued = _Backend(queued=True)
-    summary, waiting = _run_waves(queued, waves, tmp_path, _Display())
+    summary, waiting = run_waves(queued, waves, tmp_path)
     assert queued.calls == [["unimodal", "unimodal"]] and summary.detached and waiting == 1
     # a wave that ended (here: its runs reported done, but without results on disk) lets the next one start,
     # whose run is then recorded as failed rather than handed to the backend
     ended = _Backend(queued=False)
-    summary, waiting = _run_waves(ended, waves, tmp_path, _Display())
+    summary, waiting = run_waves(ended, waves, tmp_path)
     assert ended.calls == [["unimodal", "unimodal"], []] and waiting == 0 and not summary.detached
     assert [c.method for c, *_ in summary.failed] == ["umt"]
     assert "not started: the run it requires as teacher_a" in summary.failed[0][1]

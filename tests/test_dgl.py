@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmbench import engine
 from mmbench.config import resolve
 from mmbench.data import Batch
 from mmbench.method import RunContext
-from mmbench.models import ConcatFusion
 from mmbench.registry import METHODS
+from mmbench.train import engine
+from mmbench.train.models import ConcatFusion
 
 from .conftest import assert_resumes_identical, tiny_config
 

@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mmbench import engine, results
+from mmbench import results
 from mmbench.data import carve_validation
 from mmbench.method import Method
 from mmbench.registry import DATASETS, METHODS
 from mmbench.results import read_epochs, read_preds, read_runs, run_paths
+from mmbench.train import engine
 
 from .conftest import tiny_config
 

@@ -10,10 +10,10 @@ import threading
 import pytest
 import torch
 
-from mmbench import engine
 from mmbench.config import ConfigError, RunConfig, resolve
 from mmbench.data import Batch, prefetched
 from mmbench.results import read_preds, run_paths
+from mmbench.train import engine
 
 from .conftest import step_counter, tiny_config, training_setup
 

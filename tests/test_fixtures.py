@@ -1,4 +1,4 @@
-"""`mmbench.fixtures`: every dataset/layout is written with the exact names and formats of
+"""`mmbench.data.fixtures`: every dataset/layout is written with the exact names and formats of
 docs/layouts.md (DATA.md), split stratified and deterministic, bad clips as claimed."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmbench.fixtures import BAD_KINDS, CREMAD_EMOTIONS, KS_CLASSES, LAYOUTS, write_bad_clips, write_fixture
+from mmbench.data.fixtures import BAD_KINDS, CREMAD_EMOTIONS, KS_CLASSES, LAYOUTS, write_bad_clips, write_fixture
 
 CASES = [(dataset, layout) for dataset, layouts in LAYOUTS.items() for layout in layouts]
 IDS = [f"{d}-{layout}" for d, layout in CASES]

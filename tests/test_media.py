@@ -1,4 +1,4 @@
-"""Media decoding and audio front-ends (mmbench.media), on media generated in temporary folders."""
+"""Media decoding and audio front-ends (mmbench.data.media), on media generated in temporary folders."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torchaudio.compliance.kaldi
 from PIL import Image
 
-from mmbench.media import (
+from mmbench.data.media import (
     FRONTENDS,
     MediaError,
     check_media_file,
@@ -519,7 +519,7 @@ def test_silent_audio_is_a_media_error_naming_the_file(tmp_path: Path, channels:
 def test_truncation_compares_what_a_wav_holds_with_what_its_header_declares(tmp_path: Path) -> None:
     """Issue 15.21: libsndfile reads a WAV cut short without an error (it counts the frames it finds),
     so a cut is only visible against the RIFF header's data size."""
-    from mmbench.media import truncation
+    from mmbench.data.media import truncation
 
     whole = tmp_path / "whole.wav"
     soundfile.write(whole, (0.5 * np.sin(np.arange(32000) / 10)).astype(np.float32), 16000)  # 2 s, PCM_16

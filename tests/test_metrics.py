@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmbench.metrics import (
+from mmbench.train.metrics import (
     accuracy,
     average_precision,
     classification_metrics,

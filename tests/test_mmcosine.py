@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmbench import engine
 from mmbench.config import ConfigError, resolve
 from mmbench.data import Batch
 from mmbench.method import RunContext
 from mmbench.methods.mmcosine import cosine_logits
-from mmbench.models import build_av_model
 from mmbench.registry import METHODS
+from mmbench.train import engine
+from mmbench.train.models import build_av_model
 
 from .conftest import assert_resumes_identical, tiny_config
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmbench.models import (
+from mmbench.train.models import (
     ConcatFusion,
     Encoder,
     FiLMFusion,

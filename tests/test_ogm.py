@@ -10,14 +10,14 @@ import torch
 from scipy import stats
 from torch import nn
 
-from mmbench import engine
 from mmbench.config import resolve
 from mmbench.data import Batch
 from mmbench.method import RunContext
 from mmbench.methods.ogm import modulate_gradients, modulated_parameters, modulation_coefficients
-from mmbench.models import Outputs, build_av_model
 from mmbench.registry import METHODS
 from mmbench.results import read_epochs
+from mmbench.train import engine
+from mmbench.train.models import Outputs, build_av_model
 
 from .conftest import tiny_config, train_steps
 

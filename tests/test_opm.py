@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from mmbench import engine
 from mmbench.config import resolve
 from mmbench.data import Batch
 from mmbench.method import RunContext
 from mmbench.methods.opm import drop_features, drop_probability_tensor
-from mmbench.models import AVModel, ConcatFusion
 from mmbench.registry import METHODS
+from mmbench.train import engine
+from mmbench.train.models import AVModel, ConcatFusion
 
 from .conftest import tiny_config
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mmbench import plots
+from mmbench.analysis import plots
 from mmbench.results import read_epochs, read_runs
 
 from .conftest import TINY
@@ -182,8 +182,8 @@ def test_cd_groups_are_maximal_runs_below_the_critical_difference():
 
 @pytest.mark.slow
 def test_smoke_real_results_folder(tmp_path):
-    from mmbench import engine
     from mmbench.config import resolve
+    from mmbench.train import engine
 
     out = tmp_path / "results"
     for method in ("joint", "ogm-ge"):  # in this process: `mmbench run` would start one per run

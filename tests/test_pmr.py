@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmbench import engine
 from mmbench.config import resolve
 from mmbench.method import RunContext
 from mmbench.methods.pmr import class_means, prototype_coefficients, prototype_similarity
-from mmbench.models import Outputs
 from mmbench.registry import METHODS
+from mmbench.train import engine
+from mmbench.train.models import Outputs
 
 from .conftest import assert_resumes_identical, tiny_config, training_setup
 

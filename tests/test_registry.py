@@ -7,11 +7,11 @@ import textwrap
 import pytest
 import torch
 
-from mmbench import engine
 from mmbench.config import ConfigError, resolve
 from mmbench.data import carve_validation
 from mmbench.method import Method
 from mmbench.registry import DATASETS, METHODS, Registry, UnknownNameError, load_plugin, normalize
+from mmbench.train import engine
 
 from .conftest import TINY, tiny_config, training_setup
 
@@ -99,7 +99,7 @@ def test_unsupported_fusions_are_refused_in_one_line(method, fusion):
 
 def _prepared_fixture(name, tmp_path):
     """A small dataset in the adapter's first layout, prepared; the overrides that read it."""
-    from mmbench import cache, fixtures
+    from mmbench.data import cache, fixtures
 
     if name not in fixtures.LAYOUTS:
         pytest.skip(f"{name} needs files on disk and has no fixture writer")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from mmbench.config import resolve
 from mmbench.methods.remix import divergence_from_uniform
-from mmbench.models import Outputs
+from mmbench.train.models import Outputs
 
 from .conftest import assert_resumes_identical, tiny_config, training_setup
 

@@ -59,7 +59,46 @@ def test_user_facing_text_cites_only_files_in_the_repository():
     texts = {path.name: path.read_text() for path in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]}
     for command in ("run", "sweep", "report", "check", "prepare", "fixtures", "list"):
         texts[f"mmbench {command} --help"] = CliRunner().invoke(app, [command, "--help"]).output
-    texts["mmbench report notes"] = (ROOT / "mmbench" / "report.py").read_text()  # its notes are printed
+    texts["mmbench report notes"] = (ROOT / "mmbench" / "analysis" / "report.py").read_text()  # its notes are printed
     for where, text in texts.items():
         for cited in set(re.findall(r"[\w./-]+\.md\b", text)) - {"report.md"}:  # report.md: its output
             assert (ROOT / cited).is_file() or (ROOT / "docs" / cited).is_file(), f"{where} cites {cited}"
+
+
+def _module_imports(path: Path, module_level_only: bool) -> set[str]:
+    """The mmbench modules that a source file imports (at its top level only, or anywhere)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mmbench"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                where = ROOT / full.replace(".", "/")
+                found.add(full if where.with_suffix(".py").is_file() or where.is_dir() else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("mmbench")}
+    return found
+
+
+def test_the_package_is_grouped_by_concern_and_its_modules_import_without_cycles():
+    """Issue 17: data/, train/, analysis/, scheduler/ beside the shared config, registry and results; no module
+    imports one that imports it back when the package loads, and the report no longer imports its renderings."""
+    package = ROOT / "mmbench"
+    flat = sorted(p.stem for p in package.glob("*.py"))
+    assert flat == ["__init__", "cli", "config", "cpus", "method", "registry", "results"], flat
+    graph = {}
+    for path in package.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = _module_imports(path, module_level_only=True)
+
+    def reaches(start: str, target: str, seen: set[str]) -> bool:
+        return any(dep == target or (dep not in seen and not seen.add(dep) and reaches(dep, target, seen))
+                   for dep in graph.get(start, ()))
+
+    cycles = [(a, b) for a, deps in graph.items() for b in deps if b != a and reaches(b, a, set())]
+    assert not cycles, cycles
+    report = _module_imports(package / "analysis" / "report.py", module_level_only=False)
+    assert not {"mmbench.analysis.render", "mmbench.analysis.plots"} & report

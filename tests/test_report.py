@@ -13,11 +13,11 @@ import pytest
 from scipy import stats as sps
 from typer.testing import CliRunner
 
+from mmbench.analysis.render import tables
+from mmbench.analysis.report import ReportOptions, build_report, load_results
+from mmbench.analysis.stats import capability_gap, holm
 from mmbench.cli import app
 from mmbench.config import resolve
-from mmbench.render import tables
-from mmbench.report import ReportOptions, build_report, load_results
-from mmbench.stats import capability_gap, holm
 
 from .conftest import TINY
 
@@ -127,7 +127,7 @@ def test_a_constant_shift_is_tested_by_sign_flips_and_never_both_significant_and
 
 
 def test_bca_intervals_and_the_rope_prior_are_shown():
-    from mmbench import render
+    from mmbench.analysis import render
 
     ten = [0.70, 0.72, 0.71, 0.69, 0.73, 0.70, 0.71, 0.72, 0.70, 0.71]
     runs = fake_runs({("d1", "joint"): ten, ("d1", "a"): list(np.add(ten, [0.01, 0.03, 0.0, 0.02, 0.01] * 2))})
@@ -259,7 +259,7 @@ def test_protocol_gap_shows_the_optimism_of_test_selection():
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    from mmbench import engine
+    from mmbench.train import engine
 
     out = tmp_path_factory.mktemp("report") / "results"
     for method in ("joint", "ogm-ge", "opm"):  # in this process: `mmbench run` would start one per run
@@ -394,7 +394,7 @@ def test_d5_is_missing_with_a_note_without_unimodal_runs(results):
 def test_one_run_with_different_numbers_in_two_folders_is_refused(results, tmp_path):
     """Issue 15.1b: the thread count is not part of a run's identity but changes its last bits; two
     folders holding one run_id with different numbers were merged silently (whichever came first)."""
-    from mmbench.report import ReportError
+    from mmbench.analysis.report import ReportError
 
     copy = tmp_path / "copy"
     shutil.copytree(results, copy)
@@ -414,7 +414,7 @@ def test_one_run_with_different_numbers_in_two_folders_is_refused(results, tmp_p
 def test_no_impossible_interval_and_no_false_best():
     """Issue 15.11: n = 2 gave `41.67 ± 35.36 [-275.99, 359.32]`; ties, n = 1 cells and the unimodal
     reference were bolded "best"; '±' meant an SD in one table and half an interval in another."""
-    from mmbench import render
+    from mmbench.analysis import render
 
     runs = fake_runs({("d1", "joint"): [0.0833, 0.75], ("d1", "a"): [0.7333, 0.7333, 0.7333],
                       ("d1", "b"): [0.7333, 0.7333, 0.7333], ("d1", "c"): [0.99], ("d1", "unimodal"): [0.95, 0.96]})
@@ -469,7 +469,7 @@ def read_runs_flags(folder) -> set:
 def test_one_exploratory_run_does_not_rename_the_baseline_and_runs_can_be_filtered(results, tmp_path):
     """Issue 15.10: one joint run with --set lr=0.05 relabelled every joint run `joint[fusion=...,lr=...]`
     and the report had no baseline."""
-    from mmbench.report import ReportError, filter_runs, variant_labels
+    from mmbench.analysis.report import ReportError, filter_runs, variant_labels
 
     runs = fake_runs({("d1", "joint"): BASE + [0.5], ("d1", "a"): BASE})
     odd = runs.index[(runs["method"] == "joint") & (runs["seed"] == 5)][0]
@@ -493,7 +493,7 @@ def test_one_exploratory_run_does_not_rename_the_baseline_and_runs_can_be_filter
 
 def test_the_report_shows_every_seed_the_configuration_chance_and_provenance(results, tmp_path):
     """Issue 15.14: no configuration / provenance section, no chance level, no per-seed table."""
-    from mmbench import render
+    from mmbench.analysis import render
 
     runs, epochs = load_results([results])
     tables = {t.title.split(":")[0]: t for t in render.tables(build_report(runs, epochs, ReportOptions()))}
@@ -513,7 +513,7 @@ def test_the_report_shows_every_seed_the_configuration_chance_and_provenance(res
 def test_latex_tables_are_inputable_fragments_with_math_signs_and_type1_fonts(results, tmp_path):
     """Issue 15.15: only a whole document, text hyphens for minus signs, `d_z` in text mode, tables wider
     than the page, and Type 3 fonts that IEEE PDF eXpress rejects."""
-    from mmbench.render import tex_escape
+    from mmbench.analysis.render import tex_escape
 
     assert tex_escape("+0.50 [-1.20, +2.30]") == "$+$0.50 [$-$1.20, $+$2.30]"
     assert tex_escape("d_z") == "$d_z$" and tex_escape("a-b x_y 95%") == r"a-b x\_y 95\%"

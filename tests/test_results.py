@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmbench import engine, results
+from mmbench import results
 from mmbench.results import migrate_legacy_layout, read_epochs, read_runs, run_paths
+from mmbench.train import engine
 
 from .conftest import tiny_config
 

@@ -5,9 +5,9 @@ from collections import Counter
 import pytest
 import torch
 
-from mmbench.cache import pick_frames
 from mmbench.config import resolve
 from mmbench.data import DataError, TensorSplit, carve_validation, hold_out_groups
+from mmbench.data.cache import pick_frames
 from mmbench.datasets.cremad import read_clip_list
 from mmbench.datasets.kinetics_sounds import KS_CLASSES, parse_list
 

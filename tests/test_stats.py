@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mmbench.stats import paired_comparison
+from mmbench.analysis.stats import paired_comparison
 
 
 def test_paired_comparison_matches_the_formulas():
@@ -50,7 +50,7 @@ from statsmodels.stats.contingency_tables import mcnemar  # noqa: E402
 from statsmodels.stats.multitest import multipletests  # noqa: E402
 from statsmodels.stats.proportion import proportion_confint  # noqa: E402
 
-from mmbench.stats import (  # noqa: E402
+from mmbench.analysis.stats import (  # noqa: E402
     benjamini_hochberg,
     compare,
     fixed_datasets_delta,

@@ -10,8 +10,8 @@ import functools
 import pytest
 import torch
 
-from mmbench import engine
 from mmbench.registry import METHODS
+from mmbench.train import engine
 
 from .conftest import step_counter, tiny_config, training_setup
 

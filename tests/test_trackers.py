@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from mmbench import engine
 from mmbench.cli import app
 from mmbench.config import ConfigError
 from mmbench.results import read_epochs, read_runs
+from mmbench.train import engine
 
 from .conftest import tiny_config
 

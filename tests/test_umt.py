@@ -16,7 +16,7 @@ from torch import nn
 
 from mmbench.methods.ume import Ensemble
 from mmbench.methods.umt import distillation_loss
-from mmbench.models import Outputs
+from mmbench.train.models import Outputs
 
 from .conftest import assert_resumes_identical, tiny_config, training_setup
 

@@ -105,8 +105,8 @@ def die_with_parent(parent: int) -> None:
 def execute(cfg: Any, out: Path, reporter: Any, announce_lock: bool = True) -> str:
     """Lock, skip if done, train. Returns "trained", "done" (already), "failed" (the engine
     recorded why in `failed/.../<run_id>.json`) or "locked" (another sweep is running it)."""
-    from mmbench import engine
     from mmbench.results import is_done, run_paths
+    from mmbench.train import engine
 
     lock = try_lock(lock_path(out, cfg.run_id))
     if lock is None:
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from mmbench.config import RunConfig
-    from mmbench.progress import PlainReporter, make_reporter
     from mmbench.registry import load_plugins
+    from mmbench.train.progress import PlainReporter, make_reporter
 
     load_plugins(spec.get("plugins") or None)
     cfg = RunConfig(**spec["config"])

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from mmbench.report import Report, figure_caption, protocol_settings
+import pandas as pd
+
+from mmbench.analysis.report import Report, protocol_settings
 
 FORMATS = ("terminal", "md", "tex", "html")
 
@@ -395,3 +399,101 @@ def rich_tables(report: Report) -> list:
         out.append(rich_table)
     return out
 
+
+# --- writing -------------------------------------------------------------------------------------
+
+FIGURE_CAPTIONS = {
+    "seeds": "Every seed as a dot; mean with its 95 % t-interval (cut to 0-100 %); grey lines join runs of the "
+             "same seed; dashed: the baseline's mean.",
+    "training curves": "Test accuracy of the fused model and of each modality's head per epoch (mean over seeds, "
+                       "band = min to max), and the imbalance ratio rho.",
+    "method diagnostics": "What each method logs per epoch (its own modulation coefficients, weights or "
+                          "probabilities), mean over seeds.",
+    "imbalance": "Per-modality head accuracy and Shapley contributions (positive stacked up, negative down), with "
+                 "the imbalance degree I of each method.",
+    "Δ vs baseline": "Δ vs the baseline with its 95 % interval per method and dataset; grey band = ROPE; "
+                     "(unpaired) marks Welch comparisons.",
+    "critical difference": "Mean ranks over datasets; methods joined by a bar are not told apart (Nemenyi).",
+}
+
+
+def draw_figures(report: Report, folder: Path, formats: tuple[str, ...] = ("png",)) -> dict[str, Path]:
+    """The report's figures (docs/statistics.md) into `folder`, once per format (png, pdf, svg); the
+    returned paths are the first format's. The CD diagram only with >= 5 datasets."""
+    from mmbench.analysis import plots
+
+    folder.mkdir(parents=True, exist_ok=True)
+    o, figures = report.options, {}
+
+    def draw(name: str, stem: str, plot: Any, *args: Any, **kwargs: Any) -> None:
+        paths = [plot(*args, **kwargs, path=folder / f"{stem}.{fmt}") for fmt in formats]
+        if paths[0] is not None:
+            figures[name] = paths[0]
+
+    for dataset in sorted(report.runs["dataset"].unique()):
+        runs = report.runs.assign(method=report.runs["variant"])
+        safe = dataset.replace("/", "_")
+        draw(f"{dataset}: seeds", f"{safe}-seeds", plots.strip_plot, runs, dataset, o.column, o.baseline)
+        if not report.epochs.empty:
+            draw(f"{dataset}: training curves", f"{safe}-curves", plots.curves_plot, runs, report.epochs, dataset)
+            draw(f"{dataset}: method diagnostics", f"{safe}-diagnostics", plots.diagnostics_plot, runs,
+                 report.epochs, dataset)
+        selection = "final" if o.selection == "final" else "best_val"
+        draw(f"{dataset}: imbalance", f"{safe}-imbalance", plots.imbalance_plot, runs, dataset, selection=selection)
+    deltas = forest_rows(report)
+    if not deltas.empty:
+        draw("Δ vs baseline", "forest", plots.forest_plot, deltas, rope_pp=100 * o.rope)
+    if report.friedman is not None and report.across is not None:
+        ranks = report.across.set_index("method")["mean_rank"].dropna()
+        draw("critical difference", "cd", plots.cd_diagram, ranks, report.friedman["cd"],
+             report.friedman["n_datasets"])
+    report.figures = figures
+    return figures
+
+
+def figure_caption(name: str) -> str:
+    return FIGURE_CAPTIONS.get(name.split(": ")[-1], "")
+
+
+def forest_rows(report: Report) -> pd.DataFrame:
+    main = report.main.dropna(subset=["delta"])
+    rows = [{"label": f"{r['method']} · {r['dataset']}", "delta_pp": 100 * r["delta"],
+             "ci_low_pp": 100 * r["delta_low"], "ci_high_pp": 100 * r["delta_high"],
+             "significant": bool(r["significant"]), "p_better": r.get("p_better", math.nan),
+             "test": r.get("test", "")}
+            for r in main.to_dict("records")]
+    if report.across is not None and "delta" in report.across:
+        for r in report.across.dropna(subset=["delta"]).to_dict("records"):
+            rows.append({"label": f"{r['method']} · all datasets", "delta_pp": 100 * r["delta"],
+                         "ci_low_pp": 100 * r["delta_low"], "ci_high_pp": 100 * r["delta_high"],
+                         "significant": False, "p_better": math.nan})
+    return pd.DataFrame(rows)
+
+
+def write_report(report: Report, out: Path, formats: tuple[str, ...], figures: bool = True,
+                 figure_formats: tuple[str, ...] = ("png",)) -> dict[str, Path]:
+    """report.json always; report.md / .tex / .html as asked; figures under out/figures (png first: the
+    HTML embeds it; pdf and svg for papers)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if figures:
+        draw_figures(report, out / "figures", ("png", *[f for f in figure_formats if f != "png"]))
+    written = {"json": out / "report.json"}
+    _write(written["json"], json.dumps(report.to_json(), indent=2, default=str))
+    writers = {"md": ("report.md", markdown), "tex": ("report.tex", latex),
+               "html": ("report.html", html_page)}
+    for name in formats:
+        if name in writers:
+            filename, writer = writers[name]
+            written[name] = out / filename
+            _write(written[name], writer(report))
+    if "tex" in formats:  # each table also alone, for \input into a paper
+        (out / "tables").mkdir(exist_ok=True)
+        for filename, text in latex_fragments(report).items():
+            _write(out / "tables" / filename, text)
+    return written
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

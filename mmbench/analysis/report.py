@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from mmbench import stats
+from mmbench.analysis import stats
 from mmbench.config import drop_keys_at_default
 from mmbench.results import RunPaths, read_epochs, read_runs
 
@@ -383,7 +383,7 @@ def main_table(runs: pd.DataFrame, options: ReportOptions, notes: list[str]) -> 
 
 
 def _training_cost(cell: pd.DataFrame, base: pd.DataFrame) -> dict[str, float]:
-    """Train GFLOPs per sample (mmbench/cost.py), with those of the runs a method requires (umt's teachers),
+    """Train GFLOPs per sample (mmbench/train/cost.py), with those of the runs a method requires (umt's teachers),
     and as a multiple of the baseline's; nan for results written before mmbench counted them."""
     def gflops(frame: pd.DataFrame) -> float:
         own = frame["train_gflops_per_sample"].to_numpy(float) if "train_gflops_per_sample" in frame else []
@@ -521,7 +521,7 @@ def imbalance_table(runs: pd.DataFrame, options: ReportOptions) -> pd.DataFrame:
     rows = []
     for (dataset, method), cell in runs.groupby(["dataset", "variant"], sort=False):
         row: dict[str, Any] = {"dataset": dataset, "method": method, "n": len(cell)}
-        if "modality_logits" in cell:  # what the per-modality columns read (mmbench.method.MODALITY_LOGITS)
+        if "modality_logits" in cell:  # what the per-modality columns read (mmbench.train.method.MODALITY_LOGITS)
             row["logits"] = "/".join(sorted(set(cell["modality_logits"].dropna()))) or "–"
         for column, name in columns.items():
             if f"{prefix}{column}" in cell:
@@ -632,8 +632,8 @@ def method_flag(cell: pd.DataFrame, column: str) -> bool:
     the registry (which imports the methods, and torch)."""
     if column in cell and cell[column].notna().all():
         return bool(cell[column].astype(bool).any())
-    from mmbench.method import Method
     from mmbench.registry import METHODS
+    from mmbench.train.method import Method
 
     name = str(cell["method"].iloc[0])
     if name not in METHODS.names():
@@ -688,104 +688,3 @@ def _paired_diffs(runs: pd.DataFrame, method: str, options: ReportOptions) -> li
         if matched is not None:
             diffs.append(matched[0] - matched[1])
     return diffs
-
-
-# --- writing -------------------------------------------------------------------------------------
-
-FIGURE_CAPTIONS = {
-    "seeds": "Every seed as a dot; mean with its 95 % t-interval (cut to 0-100 %); grey lines join runs of the "
-             "same seed; dashed: the baseline's mean.",
-    "training curves": "Test accuracy of the fused model and of each modality's head per epoch (mean over seeds, "
-                       "band = min to max), and the imbalance ratio rho.",
-    "method diagnostics": "What each method logs per epoch (its own modulation coefficients, weights or "
-                          "probabilities), mean over seeds.",
-    "imbalance": "Per-modality head accuracy and Shapley contributions (positive stacked up, negative down), with "
-                 "the imbalance degree I of each method.",
-    "Δ vs baseline": "Δ vs the baseline with its 95 % interval per method and dataset; grey band = ROPE; "
-                     "(unpaired) marks Welch comparisons.",
-    "critical difference": "Mean ranks over datasets; methods joined by a bar are not told apart (Nemenyi).",
-}
-
-
-def draw_figures(report: Report, folder: Path, formats: tuple[str, ...] = ("png",)) -> dict[str, Path]:
-    """The report's figures (docs/statistics.md) into `folder`, once per format (png, pdf, svg); the
-    returned paths are the first format's. The CD diagram only with >= 5 datasets."""
-    from mmbench import plots
-
-    folder.mkdir(parents=True, exist_ok=True)
-    o, figures = report.options, {}
-
-    def draw(name: str, stem: str, plot: Any, *args: Any, **kwargs: Any) -> None:
-        paths = [plot(*args, **kwargs, path=folder / f"{stem}.{fmt}") for fmt in formats]
-        if paths[0] is not None:
-            figures[name] = paths[0]
-
-    for dataset in sorted(report.runs["dataset"].unique()):
-        runs = report.runs.assign(method=report.runs["variant"])
-        safe = dataset.replace("/", "_")
-        draw(f"{dataset}: seeds", f"{safe}-seeds", plots.strip_plot, runs, dataset, o.column, o.baseline)
-        if not report.epochs.empty:
-            draw(f"{dataset}: training curves", f"{safe}-curves", plots.curves_plot, runs, report.epochs, dataset)
-            draw(f"{dataset}: method diagnostics", f"{safe}-diagnostics", plots.diagnostics_plot, runs,
-                 report.epochs, dataset)
-        selection = "final" if o.selection == "final" else "best_val"
-        draw(f"{dataset}: imbalance", f"{safe}-imbalance", plots.imbalance_plot, runs, dataset, selection=selection)
-    deltas = forest_rows(report)
-    if not deltas.empty:
-        draw("Δ vs baseline", "forest", plots.forest_plot, deltas, rope_pp=100 * o.rope)
-    if report.friedman is not None and report.across is not None:
-        ranks = report.across.set_index("method")["mean_rank"].dropna()
-        draw("critical difference", "cd", plots.cd_diagram, ranks, report.friedman["cd"],
-             report.friedman["n_datasets"])
-    report.figures = figures
-    return figures
-
-
-def figure_caption(name: str) -> str:
-    return FIGURE_CAPTIONS.get(name.split(": ")[-1], "")
-
-
-def forest_rows(report: Report) -> pd.DataFrame:
-    main = report.main.dropna(subset=["delta"])
-    rows = [{"label": f"{r['method']} · {r['dataset']}", "delta_pp": 100 * r["delta"],
-             "ci_low_pp": 100 * r["delta_low"], "ci_high_pp": 100 * r["delta_high"],
-             "significant": bool(r["significant"]), "p_better": r.get("p_better", math.nan),
-             "test": r.get("test", "")}
-            for r in main.to_dict("records")]
-    if report.across is not None and "delta" in report.across:
-        for r in report.across.dropna(subset=["delta"]).to_dict("records"):
-            rows.append({"label": f"{r['method']} · all datasets", "delta_pp": 100 * r["delta"],
-                         "ci_low_pp": 100 * r["delta_low"], "ci_high_pp": 100 * r["delta_high"],
-                         "significant": False, "p_better": math.nan})
-    return pd.DataFrame(rows)
-
-
-def write_report(report: Report, out: Path, formats: tuple[str, ...], figures: bool = True,
-                 figure_formats: tuple[str, ...] = ("png",)) -> dict[str, Path]:
-    """report.json always; report.md / .tex / .html as asked; figures under out/figures (png first: the
-    HTML embeds it; pdf and svg for papers)."""
-    from mmbench import render
-
-    out.mkdir(parents=True, exist_ok=True)
-    if figures:
-        draw_figures(report, out / "figures", ("png", *[f for f in figure_formats if f != "png"]))
-    written = {"json": out / "report.json"}
-    _write(written["json"], json.dumps(report.to_json(), indent=2, default=str))
-    writers = {"md": ("report.md", render.markdown), "tex": ("report.tex", render.latex),
-               "html": ("report.html", render.html_page)}
-    for name in formats:
-        if name in writers:
-            filename, writer = writers[name]
-            written[name] = out / filename
-            _write(written[name], writer(report))
-    if "tex" in formats:  # each table also alone, for \input into a paper
-        (out / "tables").mkdir(exist_ok=True)
-        for filename, text in render.latex_fragments(report).items():
-            _write(out / "tables" / filename, text)
-    return written
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

@@ -16,10 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from mmbench import cache, media
-from mmbench.augment import frames_to_model_input
 from mmbench.config import ConfigError, RunConfig
-from mmbench.data import Batch, DataError, Dataset, Splits, carve_validation
+from mmbench.data import Batch, DataError, Dataset, Splits, cache, carve_validation, media
+from mmbench.data.augment import frames_to_model_input
 
 PREPARE_PARAMS = ("layout", "audio_frontend", "video_fps", "max_frames", "cache_image_size",
                   "min_seconds", "max_seconds")

@@ -8,7 +8,7 @@
     method.calibrate(model, val) for the final and the best-on-val model -> test metrics
     write results ([the selected weights, for a run that another run loads], epochs, predictions, the run row)
 
-A method may load finished runs it requires (`ctx.load_run`, mmbench/dependencies.py); one without training
+A method may load finished runs it requires (`ctx.load_run`, mmbench/train/dependencies.py); one without training
 of its own (`Method.trains` false) is evaluated once instead of the epochs.
 """
 
@@ -43,18 +43,8 @@ from torch import nn  # noqa: E402
 
 import mmbench  # noqa: E402
 from mmbench.config import AUTO_ON_CUDA, ConfigError, RunConfig, to_yaml  # noqa: E402
-from mmbench.cost import PassCounter  # noqa: E402
 from mmbench.cpus import default_threads  # noqa: E402
 from mmbench.data import Batch, Dataset, PlannedBatch, Split, Splits, carve_validation, prefetched  # noqa: E402
-from mmbench.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
-from mmbench.metrics import (  # noqa: E402
-    classification_metrics,
-    decision_layer_diagnostics,
-    imbalance_ratio,
-    modality_scores,
-    true_class_score,
-)
-from mmbench.models import Encoder, Outputs, build_av_model  # noqa: E402
 from mmbench.registry import DATASETS, METHODS  # noqa: E402
 from mmbench.results import (  # noqa: E402
     RunPaths,
@@ -65,7 +55,17 @@ from mmbench.results import (  # noqa: E402
     write_run,
     write_text,
 )
-from mmbench.shapley import shapley_two  # noqa: E402
+from mmbench.train.cost import PassCounter  # noqa: E402
+from mmbench.train.method import RNG_PURPOSES, Method, RunContext, derive_seed  # noqa: E402
+from mmbench.train.metrics import (  # noqa: E402
+    classification_metrics,
+    decision_layer_diagnostics,
+    imbalance_ratio,
+    modality_scores,
+    true_class_score,
+)
+from mmbench.train.models import Encoder, Outputs, build_av_model  # noqa: E402
+from mmbench.train.shapley import shapley_two  # noqa: E402
 
 SELECTIONS = ("final", "best_val")
 
@@ -222,7 +222,7 @@ def bind_infer(ctx: RunContext, dataset: Dataset) -> None:
 
 def bind_load_run(ctx: RunContext, out: Path, passes: PassCounter) -> None:
     """Set `ctx.load_run`: the model of a finished run the method requires, with its stored weights."""
-    from mmbench.dependencies import required_configs
+    from mmbench.train.dependencies import required_configs
 
     required = required_configs(ctx.cfg)
 
@@ -544,7 +544,7 @@ def _host_copy(state: Any) -> Any:
 def run(cfg: RunConfig, out: str | Path, reporter: Reporter | None = None) -> dict[str, Any]:
     """Train, evaluate and store one run; resumes from its checkpoint if one exists.
     Returns the run row. A failure writes `failed/.../<run_id>.json` and raises RunFailed."""
-    from mmbench.trackers import Tee, open_trackers
+    from mmbench.train.trackers import Tee, open_trackers
 
     reporter = reporter or Reporter()
     paths = run_paths(out, cfg)
@@ -588,7 +588,7 @@ class Progress:
     best_val_acc: float = -math.inf
     train_time: float = 0.0
     train_samples: int = 0
-    #: Samples through each encoder, forwards and backwards, while training (mmbench/cost.py).
+    #: Samples through each encoder, forwards and backwards, while training (mmbench/train/cost.py).
     encoder_samples: dict[str, int] = field(default_factory=dict)
 
 
@@ -734,8 +734,8 @@ def _evaluate_untrained(model: nn.Module, method: Method, dataset: Dataset, spli
 def _required_cost(out: Path, cfg: RunConfig) -> float:
     """The train GFLOPs per sample of the runs this run required (and of theirs), for a report that counts
     what a method costs from scratch: same protocol, so the same samples per epoch; 0 for none."""
-    from mmbench.dependencies import required_configs
     from mmbench.results import read_row
+    from mmbench.train.dependencies import required_configs
 
     total = 0.0
     for required in required_configs(cfg).values():

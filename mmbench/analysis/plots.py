@@ -35,7 +35,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 
-from mmbench.stats import imbalance_degree, summarize  # noqa: E402
+from mmbench.analysis.stats import imbalance_degree, summarize  # noqa: E402
 
 DPI = 150
 DEFAULT_BASELINE = "joint"

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mmbench.config import RunConfig
-from mmbench.engine import Reporter
+from mmbench.train.engine import Reporter
 
 
 def _fmt(value: Any) -> str:

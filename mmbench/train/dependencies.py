@@ -106,8 +106,8 @@ def record_blocked(out: Path, cfg: RunConfig, reason: str) -> None:
 def run_in_process(configs: list[RunConfig], out: str | Path, reporter: object | None = None) -> None:
     """Train, in this process and one after another, whatever of `configs` and the runs they require is not
     finished (for scripts and tests; `mmbench run` and `sweep` schedule them). Raises RunFailed when one fails."""
-    from mmbench import engine
     from mmbench.results import is_done, run_paths
+    from mmbench.train import engine
 
     for wave in in_waves(configs):
         for cfg in wave:

@@ -1,5 +1,5 @@
 """Two-player Shapley contributions of the modalities (docs/statistics.md): plain arithmetic, kept apart
-from mmbench.stats so that a training run does not import scipy and pandas for it."""
+from mmbench.analysis.stats so that a training run does not import scipy and pandas for it."""
 
 from __future__ import annotations
 

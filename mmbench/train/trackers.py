@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmbench.config import ConfigError, RunConfig, to_yaml
-from mmbench.engine import Reporter
+from mmbench.train.engine import Reporter
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 _PACKAGE = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}

@@ -25,20 +25,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from mmbench import stats
+from mmbench.analysis import stats
 from mmbench.config import ConfigError, RunConfig, expand
 from mmbench.registry import METHODS
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 FORMAT_VERSION = 3
 ALPHA_FAMILY = 0.01
@@ -47,7 +51,7 @@ N_REF = 20
 N_CI = 6  # seeds per method in a CI run: with 5, a 2-point drop of ogm-ge was caught in 39-87 % of runs
 BASELINE_FILE = "baseline.json"
 # The committed baselines ship with the package, so `mmbench check` works outside the repository.
-BASELINES = Path(__file__).parent / "baselines"
+BASELINES = Path(__file__).parents[1] / "baselines"
 
 # The `ci` suite: every registered method on a synthetic problem small enough for one CPU thread
 # (about 6 s per run) and trained until most methods converge (joint about 96 %, chance 17 %), so
@@ -138,9 +142,9 @@ def run_suite(configs: dict[str, list[RunConfig]], out: Path, on_run: Callable[[
               ) -> dict[str, list[SeedResult]]:
     """Train what is missing (one after another, in this process; the runs that methods require first)
     and read every seed's result."""
-    from mmbench.dependencies import in_waves
-    from mmbench.progress import PlainReporter
     from mmbench.scheduler.worker import execute
+    from mmbench.train.dependencies import in_waves
+    from mmbench.train.progress import PlainReporter
 
     quiet = PlainReporter(_null_console())
     for wave in in_waves([cfg for cfgs in configs.values() for cfg in cfgs]):
@@ -227,8 +231,6 @@ def baseline_payload(suite: str, results: dict[str, list[SeedResult]], configs: 
 
 
 def load_baseline(folder: Path, suite: str) -> dict[str, Any]:
-    import json
-
     path = Path(folder) / BASELINE_FILE
     hint = f"create it with `mmbench check --baseline {folder} --suite {suite} --update`"
     if not path.is_file():
@@ -258,3 +260,84 @@ def _null_console() -> Any:
     from rich.console import Console
 
     return Console(file=io.StringIO())
+
+
+# --- what `mmbench check` prints and writes -------------------------------------------------------
+
+def write_baseline(folder: Path, suite: str, results: dict[str, list[SeedResult]],
+                   configs: dict[str, list[RunConfig]], env: dict[str, str], console: Console) -> None:
+    """Write the baseline of `mmbench check --update` (keeping the entries of methods not re-run when the
+    suite is the same) and say what changed."""
+    from mmbench.results import write_json
+
+    path = folder / BASELINE_FILE
+    try:
+        old = json.loads(path.read_text())
+        previous = old.get("methods", {}) if old.get("suite") == suite else {}
+    except (OSError, ValueError, AttributeError):
+        old, previous = None, {}
+    payload = baseline_payload(suite, results, configs, env)
+    same_suite = old is not None and old.get("format") == FORMAT_VERSION and \
+        old.get("settings") == payload["settings"]
+    if same_suite:  # the methods not re-run keep their entries
+        payload["methods"] = {**{m: v for m, v in previous.items() if m not in results}, **payload["methods"]}
+    elif previous and set(previous) - set(results):
+        console.print("the suite's settings changed: methods not re-run now are dropped from the baseline "
+                      f"({', '.join(sorted(set(previous) - set(results)))})", markup=False)
+    write_json(path, payload)
+    console.print(f"wrote {path}", markup=False)
+    for method, entry in payload["methods"].items():
+        before = previous.get(method)
+        if method not in results:
+            continue
+        if before is None:
+            console.print(f"  {method}: new, {entry['mean'] * 100:.2f} ± {entry['sd'] * 100:.2f} % over "
+                          f"{len(entry['seeds'])} seeds", markup=False)
+        elif before["preds_sha256"] == entry["preds_sha256"]:
+            console.print(f"  {method}: unchanged (identical predictions)", markup=False)
+        else:
+            console.print(f"  {method}: {before['mean'] * 100:.2f} -> {entry['mean'] * 100:.2f} % "
+                          f"(sd {before['sd'] * 100:.2f} -> {entry['sd'] * 100:.2f})", markup=False)
+    if isinstance(old, dict) and isinstance(old.get("environment"), dict):
+        for change in environment_changes(old["environment"], env):
+            console.print(f"  environment: {change}", markup=False)
+
+
+def print_verdicts(verdicts: list[Verdict], base: dict[str, Any], console: Console) -> None:
+    """The verdicts as a table, with what each column and status means."""
+    from rich.table import Table
+
+    table = Table(title=f"mmbench check: test accuracy (%) vs baseline ({base['created']}), suite {base['suite']}",
+                  title_justify="left")
+    for column in ("method", "baseline median", "current median", "shift", "paired Δ", "p (Holm)", "verdict"):
+        table.add_column(column, justify="left" if column in ("method", "verdict") else "right")
+    for v in verdicts:
+        cells = [v.method, f"{v.baseline_mean * 100:.2f} (n={v.n_ref})", f"{v.current_mean * 100:.2f} (n={v.n})"]
+        if v.test is not None:
+            paired = f"{v.paired.mean_diff * 100:+.2f} (n={v.paired.n})" if v.paired is not None else "-"
+            cells += [f"{v.test.shift * 100:+.2f}", paired, f"{v.p_holm:.3g}"]
+        else:
+            cells += [f"{(v.current_mean - v.baseline_mean) * 100:+.2f}" if v.status == "exact" else "-", "-", "-"]
+        style = {"REGRESSED": "bold red", "stale": "yellow", "no baseline": "yellow"}.get(v.status, "green")
+        table.add_row(*cells, f"[{style}]{v.status}[/]")
+    console.print(table)
+    notes = ["exact: every seed's predictions identical to the baseline's for that seed (no statistics needed)"]
+    if any(v.test is not None for v in verdicts):
+        margin = next(v.test.margin for v in verdicts if v.test is not None)
+        notes.append(f"otherwise two one-sided tests of a drop larger than {margin * 100:g} pp, combined by "
+                     "Bonferroni: a rank-sum permutation test against all the baseline's seeds (shift = median of "
+                     "current - baseline over all pairs of seeds) and a paired t-test over the seeds the baseline "
+                     "also ran (paired Δ = mean of current - baseline, seed by seed); Holm over "
+                     f"{tested(verdicts)} methods at a family false-alarm rate of {base['alpha_family']:g}; "
+                     "docs/statistics.md")
+    if any(v.status == "stale" for v in verdicts):
+        notes.append("stale: better than the baseline beyond the margin; run `mmbench check --update`")
+    if any(v.status == "no baseline" for v in verdicts):
+        notes.append("no baseline: a method the baseline lacks; run `mmbench check --update --methods NAME`")
+    for note in notes:
+        console.print(note, markup=False)
+
+
+def tested(verdicts: list[Verdict]) -> int:
+    """How many methods Holm covers (at least 1)."""
+    return max(1, sum(v.test is not None for v in verdicts))

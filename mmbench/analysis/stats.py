@@ -19,7 +19,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy import stats
 
-from mmbench.shapley import Shapley, imbalance_degree, shapley_two  # noqa: F401  (re-exported)
+from mmbench.train.shapley import Shapley, imbalance_degree, shapley_two  # noqa: F401  (re-exported)
 
 # Differences whose spread is below this (relative to max(1, |values|)) count as constant: paired
 # differences of accuracies such as 0.71 - 0.70 and 0.72 - 0.71 differ in the last bits only.
@@ -460,7 +460,7 @@ def wins_ties_losses(deltas: ArrayLike, rope: float = 0.01) -> tuple[int, int, i
 
 # --- imbalance -----------------------------------------------------------------------------------
 
-# Shapley, shapley_two and imbalance_degree live in mmbench/shapley.py (the engine needs them without scipy).
+# Shapley, shapley_two and imbalance_degree live in mmbench/train/shapley.py (the engine needs them without scipy).
 
 
 # --- per-sample, one checkpoint each --------------------------------------------------------------

@@ -32,8 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmbench import media
-from mmbench.data import Batch, DataError
+from mmbench.data import Batch, DataError, media
 
 SHARD_SIZE = 32  # small enough to balance a few workers and to lose little on an interrupt
 FEATURE_SUFFIXES = (".pt", ".npy", ".pkl")

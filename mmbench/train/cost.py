@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmbench.models import Encoder
+from mmbench.train.models import Encoder
 
 COST_COLUMNS = ("cost_fwd_a", "cost_fwd_v", "cost_bwd_a", "cost_bwd_v", "train_gflops_per_sample")
 

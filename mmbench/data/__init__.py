@@ -147,7 +147,7 @@ def prefetched(batches: Iterator[Batch], pin: bool, depth: int = 2) -> Iterator[
 
 class Split(Protocol):
     """What the engine needs of a split: labels, ids, row subsets and batches. `TensorSplit`
-    holds tensors in memory; `mmbench.cache.CachedSplit` reads a memory-mapped feature cache."""
+    holds tensors in memory; `mmbench.data.cache.CachedSplit` reads a memory-mapped feature cache."""
 
     y: torch.Tensor
     sample_id: list[str]
