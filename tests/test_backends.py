@@ -197,19 +197,19 @@ def test_no_wait_returns_and_a_second_call_collects_without_resubmitting(tmp_pat
 @needs_slurm
 @pytest.mark.slow
 def test_slurm_runs_the_required_runs_first_one_wave_per_no_wait_call(tmp_path):
-    """Issue 18: `mmbench run -m umt` on a clean folder trains the unimodal teachers, then umt, on SLURM too;
+    """Issue 18: `mmbench run -m g2d` on a clean folder trains the unimodal teachers, then g2d, on SLURM too;
     with --no-wait each call submits the next wave once the one before has finished."""
     from mmbench.train.dependencies import in_waves, run_in_process
 
     from .conftest import tiny_config
 
     out = tmp_path / "results"
-    args = mmbench("run", "-m", "umt", "--seeds", "0", "--out", str(out), *SLURM_ARGS,
+    args = mmbench("run", "-m", "g2d", "--seeds", "0", "--out", str(out), *SLURM_ARGS,
                    *[a for k, v in TINY.items() for a in ("--set", f"{k}={v}")])
     first = subprocess.run([*args, "--no-wait"], capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "submitted 2 runs as SLURM job array" in first.stdout and "1 wait for runs they require" in first.stdout
-    teachers = in_waves([tiny_config("umt")])[0]
+    teachers = in_waves([tiny_config("g2d")])[0]
     deadline = time.time() + 300
     while not all(is_done(run_paths(out, t)) for t in teachers) and time.time() < deadline:
         time.sleep(2)
@@ -218,10 +218,10 @@ def test_slurm_runs_the_required_runs_first_one_wave_per_no_wait_call(tmp_path):
     collect = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert collect.returncode == 0 and "submitted" not in collect.stdout, collect.stdout + collect.stderr
     local = tmp_path / "local"
-    run_in_process([tiny_config("umt")], local)
+    run_in_process([tiny_config("g2d")], local)
     rows, reference = read_runs(out).set_index("run_id"), read_runs(local).set_index("run_id")
     assert sorted(rows.index) == sorted(reference.index) and len(rows) == 3
-    for cfg in [*teachers, tiny_config("umt")]:
+    for cfg in [*teachers, tiny_config("g2d")]:
         pd.testing.assert_frame_equal(pd.read_parquet(run_paths(out, cfg).preds),
                                       pd.read_parquet(run_paths(local, cfg).preds))
 
@@ -309,6 +309,25 @@ def test_a_ray_sweep_packs_runs_on_fake_gpus_and_equals_the_local_one(tmp_path, 
     assert set(devices_seen(out)) <= {"0", "1"} and len(devices_seen(out)) == 4  # Ray's assignment
     assert_same_results(out, local_reference)
     assert backend.run(configs).skipped == 4
+
+
+@pytest.mark.skipif(RAY_MISSING is not None, reason=str(RAY_MISSING))
+@pytest.mark.slow
+def test_ray_runs_the_required_runs_in_a_wave_before_the_run_that_loads_them(tmp_path):
+    from mmbench.scheduler.ray_cluster import RayScheduler
+    from mmbench.scheduler.waves import run_waves
+    from mmbench.train.dependencies import in_waves, run_in_process
+
+    from .conftest import tiny_config
+
+    out, cfg = tmp_path / "results", tiny_config("umt")
+    backend = RayScheduler(out, runs_per_gpu=1, cpus_per_run=1,
+                           init_kwargs={"num_cpus": 2, "num_gpus": 0, "_node_ip_address": "127.0.0.1"})
+    summary, waiting = run_waves(backend, in_waves([cfg]), out)
+    assert summary.done == 3 and not summary.failed and waiting == 0
+    run_in_process([cfg], tmp_path / "local")
+    pd.testing.assert_frame_equal(pd.read_parquet(run_paths(out, cfg).preds),
+                                  pd.read_parquet(run_paths(tmp_path / "local", cfg).preds))
 
 
 @pytest.mark.skipif(RAY_MISSING is not None, reason=str(RAY_MISSING))
