@@ -16,7 +16,7 @@ from rich.table import Table
 
 from mmbench import config as config_mod
 from mmbench.config import ConfigError, DataError, RunConfig
-from mmbench.registry import DATASETS, METHODS, PluginError, UnknownNameError, load_plugins
+from mmbench.registry import DATASETS, PluginError, UnknownNameError, load_plugins
 
 if TYPE_CHECKING:
     pass
@@ -98,6 +98,8 @@ def list_command(
 ) -> None:
     """Show the registered methods and datasets with their hyperparameters and defaults, and the core
     settings with their types, ranges and choices."""
+    from mmbench.listing import core_table, listing, registry_table
+
     try:
         load_plugins(plugin)
         kinds = {"all": ("methods", "datasets", "core"), "methods": ("methods",), "datasets": ("datasets",),
@@ -105,102 +107,12 @@ def list_command(
         if kind not in kinds:
             fail(f"mmbench list {kind!r}: choose methods, datasets, core or all")
         if as_json:
-            print(json.dumps({which: _listing(which) for which in kinds[kind]}, indent=1, default=str))
+            print(json.dumps({which: listing(which) for which in kinds[kind]}, indent=1, default=str))
             return
         for which in kinds[kind]:
-            console.print(_core_table() if which == "core" else _registry_table(which))
+            console.print(core_table() if which == "core" else registry_table(which))
     except USER_ERRORS as exc:
         fail(str(exc))
-
-
-def _listing(which: str) -> list[dict[str, Any]]:
-    if which == "core":
-        return config_mod.core_keys()
-    registry = METHODS if which == "methods" else DATASETS
-    return [{"name": name, "description": cls.description, "citation": cls.citation, "version": cls.version,
-             "settings": cls.hparams if which == "methods" else cls.params,
-             "choices": {k: list(v) for k, v in cls.choices.items()}, "help": cls.help,
-             **({"dataset_hparams": cls.dataset_hparams, "profiles": cls.profiles,
-                 "modality_logits": cls.modality_logits} if which == "methods"
-                else {"defaults": cls.defaults})}
-            for name, cls in registry.infos()]
-
-
-def _core_table() -> Table:
-    table = Table(title="core settings (every run; --set KEY=VALUE)", title_justify="left")
-    for column in ("key", "type", "default", "range or choices", "meaning"):
-        table.add_column(column, overflow="fold")
-    for entry in config_mod.core_keys():
-        allowed = entry.get("range") or "|".join(map(str, entry.get("choices", []))) or "-"
-        table.add_row(*(escape(str(v)) for v in (entry["key"], entry["type"], entry["default"], allowed,
-                                                   entry["help"])))
-    return table
-
-
-def _registry_table(which: str) -> Table:
-    registry = METHODS if which == "methods" else DATASETS
-    table = Table(title=f"{which} ({len(registry.names())})", show_lines=True, title_justify="left")
-    knob_header = "hyperparameters (default)" if which == "methods" else "settings (default)"
-    for column in ("name", "description", "citation", knob_header):
-        table.add_column(column, overflow="fold")
-    for name, cls in registry.infos():
-        knobs = cls.hparams if which == "methods" else cls.params
-        table.add_row(*(escape(text) for text in (name, cls.description, cls.citation,
-                                                  _describe_knobs(cls, knobs))))
-    return table
-
-
-def _describe_knobs(cls: type, knobs: dict[str, Any]) -> str:
-    lines = []
-    for key, default in knobs.items():
-        choices = cls.choices.get(key)
-        line = f"{key}={default}" + (f" ({'|'.join(map(str, choices))})" if choices else "")
-        per_dataset = {d: v[key] for d, v in getattr(cls, "dataset_hparams", {}).items() if key in v}
-        if per_dataset:
-            line += " [" + ", ".join(f"{d}: {v}" for d, v in per_dataset.items()) + "]"
-        if key in cls.help:
-            line += f": {cls.help[key]}"
-        lines.append(line)
-    profiles = sorted(getattr(cls, "profiles", {}))
-    if profiles:
-        lines.append("profiles: benchmark, " + ", ".join(profiles))
-    for profile in profiles:
-        quirks = _profile_quirks(cls, cls.profiles[profile])
-        if quirks:
-            lines.append(f"--profile {profile} also sets: {quirks}")
-    if hasattr(cls, "modality_logits"):
-        kind = cls.modality_logits or "from the fusion head: fusion-slice (concat, sum) or none (film, gated)"
-        lines.append(f"per-modality logits: {kind}")
-    for key, spec in getattr(cls, "requires", {}).items():
-        settings = ", ".join(f"{k}={v}" for k, v in spec.items() if k != "method")
-        lines.append(f"requires run {key}: {spec.get('method')}" + (f" ({settings})" if settings else "")
-                     + " of the same seed and settings, trained first")
-    if getattr(cls, "trains", True) is False:
-        lines.append("trains nothing itself: evaluates the model it builds once")
-    protocol = getattr(cls, "defaults", {})
-    if protocol:
-        lines.append("benchmark protocol: " + ", ".join(f"{k}={v}" for k, v in protocol.items()))
-    return "\n".join(lines) or "-"
-
-
-# Settings that reproduce a released code's behaviour (not just its recipe), shown by `list`.
-_BEHAVIOUR_KEYS = ("audio_frontend", "lr_step_at", "lr_milestones", "linear_init")
-
-
-def _profile_quirks(cls: type, table: dict[str, dict[str, Any]]) -> str:
-    """The method hyperparameters and behaviour keys a profile sets, e.g. `estimator=official`."""
-    values: dict[str, dict[str, list[str]]] = {}
-    for dataset, settings in table.items():
-        for key, value in settings.items():
-            if key in cls.hparams or key in _BEHAVIOUR_KEYS:
-                values.setdefault(key, {}).setdefault(str(value), []).append(dataset)
-    parts = []
-    for key, by_value in values.items():
-        if len(by_value) == 1:
-            parts.append(f"{key}={next(iter(by_value))}")
-        else:
-            parts.append(f"{key}=" + ", ".join(f"{v} ({', '.join(d)})" for v, d in by_value.items()))
-    return "; ".join(parts)
 
 
 @app.command("run")
@@ -500,6 +412,7 @@ def prepare_command(
 ) -> None:
     """Decode every clip of DATASET once into the feature cache that runs read (resumable; a no-op when done)."""
     from mmbench.data.prepared import PreparedDataset
+    from mmbench.data.preparing import prepare
 
     try:
         load_plugins(plugin)
@@ -523,92 +436,12 @@ def prepare_command(
         from mmbench.data.cache import default_cache_root
 
         writable_folder(Path(params["cache"]).expanduser() if params.get("cache") else default_cache_root(), "--cache")
-        _prepare(cls, params, jobs, strict)
+        prepare(cls, params, jobs, strict, console)
     except USER_ERRORS as exc:
         fail(str(exc))
     except KeyboardInterrupt:
         err.print("interrupted: decoded shards are kept; run the same command again to continue")
         raise typer.Exit(130) from None
-
-
-def _prepare(cls: Any, params: dict[str, Any], jobs: int, strict: bool) -> None:
-    import time
-
-    from mmbench.data import cache as cache_mod
-    from mmbench.data.prepared import check_not_lfs
-
-    root = cls.data_root(params)
-    scan = cls.scan(root, params)
-    check_not_lfs(scan)
-    prep = cls.preprocessing(params, scan)
-    target = cls.cache_dir(params, root)
-    console.print(f"{cls.name}: {root} ({scan.layout} layout): {len(scan.clips)} clips, "
-                  f"{len(scan.bad)} rejected while scanning; audio front-end {prep.frontend}; "
-                  f"split files: {', '.join(scan.split_files) or 'none'}", markup=False)
-    meta = {"dataset": cls.name, "dataset_version": cls.version, "params": cls.prepare_params(params)}
-    started = time.perf_counter()
-    with _progress_bar(f"decoding ({jobs} process{'es' if jobs > 1 else ''})") as update:
-        prepared = cache_mod.prepare(scan, prep, target, root, meta, jobs=jobs, strict=strict, on_progress=update)
-    manifest, seconds = prepared.manifest, time.perf_counter() - started
-    if prepared.reused:
-        console.print(f"already prepared, inputs unchanged: {target} ({manifest['n_clips']} clips)", markup=False)
-    else:
-        console.print(f"prepared {manifest['n_clips']} clips in {seconds:.1f} s "
-                      f"({len(scan.clips) / max(seconds, 1e-9):.1f} clips/s) -> {target} "
-                      f"({manifest['bytes'] / 2**20:.1f} MiB)", markup=False)
-    _print_bad_clips(target, manifest)
-    # The run must ask for the same preprocessing (it is part of the run's config) and cache.
-    settings = "".join(f" --set {k}={params[k]}" for k in cls.prepare_params(params) if params[k] != cls.params[k])
-    cache_opt = f" --set cache={params['cache']}" if params.get("cache") else ""
-    console.print(f"next: mmbench run --method joint --dataset {cls.name} --data-root {root}{cache_opt}{settings}",
-                  markup=False)
-
-
-def _print_bad_clips(target: Path, manifest: dict[str, Any]) -> None:
-    import pandas as pd
-
-    if manifest.get("n_truncated"):
-        cut = pd.read_csv(target / "truncated_clips.csv")
-        console.print(f"kept {cut['clip'].nunique()} truncated clip(s): a file holds less than its header "
-                      "declares (a download or copy that stopped early?); the list: "
-                      f"{target / 'truncated_clips.csv'}", markup=False)
-        for row in cut.head(3).itertuples():
-            console.print(f"  {row.clip}: {row.reason}", markup=False)
-    if not manifest["n_bad"]:
-        return
-    bad = pd.read_csv(target / "bad_clips.csv")
-    counts = ", ".join(f"{n} {problem}" for problem, n in bad["problem"].value_counts().items())
-    console.print(f"skipped {len(bad)} bad clip(s) ({counts}); the list: {target / 'bad_clips.csv'}", markup=False)
-    for row in bad.head(5).itertuples():
-        console.print(f"  {row.clip}: {row.reason}", markup=False)
-
-
-class _progress_bar:
-    """A rich bar on a terminal, one line per 10 % otherwise; yields an update(done, total)."""
-
-    def __init__(self, label: str) -> None:
-        self.label, self.bar, self.task, self.last = label, None, None, -1
-
-    def __enter__(self) -> Any:
-        if console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-            self.bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), console=console)
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=None)
-        return self.update
-
-    def update(self, done: int, total: int) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total)
-        elif total and (done == total or done * 10 // total > self.last):
-            self.last = done * 10 // total
-            console.print(f"{self.label}: {done}/{total} clips", markup=False)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 @app.command("fixtures")

@@ -30,10 +30,10 @@ def test_list_shows_methods_datasets_citations_and_defaults():
 
 
 def test_list_names_what_the_official_profile_reproduces():
-    from mmbench.cli import _describe_knobs
+    from mmbench.listing import describe_knobs
     from mmbench.registry import METHODS
 
-    cells = {name: _describe_knobs(cls, cls.hparams) for name, cls in METHODS.items()}
+    cells = {name: describe_knobs(cls, cls.hparams) for name, cls in METHODS.items()}
     assert "estimator=corrected (official|corrected)" in cells["arm"]
     assert "--profile official also sets: estimator=official" in cells["arm"]
     assert "theta_grad=none (none|official)" in cells["opm"] and "sets: theta_grad=official" in cells["opm"]
