@@ -84,20 +84,11 @@ def training_setup(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
 def bind_untrained_requirements(ctx: Any) -> None:
     """`ctx.load_run` for tests that look inside one method's step: the models of the runs it requires as
     they are built (untrained, in eval mode and frozen, as the engine hands trained ones over)."""
-    from mmbench.method import RunContext
-    from mmbench.registry import METHODS
     from mmbench.train import engine
     from mmbench.train.dependencies import required_configs
 
     required = required_configs(ctx.cfg)
-
-    def load_run(key: str) -> Any:
-        loaded_ctx = RunContext(required[key], ctx.num_classes, ctx.device,
-                                engine.make_generators(required[key].seed, ctx.device))
-        model = engine.build_model(METHODS.get(required[key].method)(loaded_ctx), loaded_ctx)
-        return model.eval().requires_grad_(False)
-
-    ctx.load_run = load_run
+    ctx.load_run = lambda key: engine.build_required_model(required[key], ctx)
 
 
 def train_steps(cfg: RunConfig, steps: int):

@@ -237,15 +237,23 @@ def bind_load_run(ctx: RunContext, out: Path, passes: PassCounter) -> None:
             raise RunFailed(f"{ctx.cfg.method} seed {ctx.cfg.seed} needs the weights of the {cfg.method} run "
                             f"{cfg.run_id} ({key}), not found at {path}: run it through `mmbench run` or "
                             "`mmbench sweep`, which train the runs a method requires first")
-        loaded_ctx = RunContext(cfg, ctx.num_classes, ctx.device, make_generators(cfg.seed, ctx.device))
-        loaded_method = METHODS.get(cfg.method)(loaded_ctx)
-        model = build_model(loaded_method, loaded_ctx)
-        loaded_method.load_state_dict(state["method"], model)
-        model.load_state_dict(state["model"])
+        model = build_required_model(cfg, ctx, state)
         passes.attach(model)
-        return model.eval().requires_grad_(False)
+        return model
 
     ctx.load_run = load_run
+
+
+def build_required_model(cfg: RunConfig, ctx: RunContext, state: dict[str, Any] | None = None) -> nn.Module:
+    """The model of the required run `cfg`, as its method builds it (from its own seed), with the stored
+    `state` (weights and method state) where given; on the run's device, in eval mode and frozen."""
+    loaded_ctx = RunContext(cfg, ctx.num_classes, ctx.device, make_generators(cfg.seed, ctx.device))
+    loaded_method = METHODS.get(cfg.method)(loaded_ctx)
+    model = build_model(loaded_method, loaded_ctx)
+    if state is not None:
+        loaded_method.load_state_dict(state["method"], model)
+        model.load_state_dict(state["model"])
+    return model.eval().requires_grad_(False)
 
 
 def _infer_batch(batch: Batch, dataset: Dataset, ctx: RunContext, forward: Callable[[Batch], Outputs],
