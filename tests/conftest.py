@@ -77,8 +77,19 @@ def training_setup(cfg: RunConfig) -> tuple[Any, Any, Any, Any, Any]:
     method = METHODS.get(cfg.method)(ctx)
     model = engine.build_model(method, ctx)
     optimizer, _ = engine.build_optimizer(method.parameters(model, ctx), cfg)
+    method.extra_optimizers(model, ctx)  # the method keeps its own (e.g. cggm's classifiers')
     ctx.optimizer, ctx.method = optimizer, method
     return dataset, splits, ctx, model, optimizer
+
+
+def first_batch_setup(method: str, **overrides: Any) -> tuple[Any, Any, Any]:
+    """(the first training batch, augmented, the context, the model) of a tiny run of `method`, as the engine
+    builds them: for tests that look inside one step."""
+    cfg = tiny_config(method, **overrides)
+    dataset, splits, ctx, model, _ = training_setup(cfg)
+    batch = dataset.transform(next(splits.train.batches(cfg.batch_size, ctx.generator("order"))), True,
+                              ctx.generator("augment"))
+    return batch, ctx, model
 
 
 def bind_untrained_requirements(ctx: Any) -> None:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from mmbench.methods.g2d import gate, logit_distillation
 from mmbench.results import read_epochs
 
-from .conftest import assert_resumes_identical, tiny_config, training_setup
+from .conftest import assert_resumes_identical, first_batch_setup
 
 
 def test_logit_distillation_is_the_temperature_scaled_kl_of_teacher_to_student():
@@ -40,11 +40,7 @@ def test_the_gate_freezes_the_modality_whose_teacher_is_surer_of_the_true_classe
 
 
 def _step_setup(**overrides):
-    cfg = tiny_config("g2d", **overrides)
-    dataset, splits, ctx, model, optimizer = training_setup(cfg)
-    batch = dataset.transform(next(splits.train.batches(cfg.batch_size, ctx.generator("order"))), True,
-                              ctx.generator("augment"))
-    return batch, ctx, model
+    return first_batch_setup("g2d", **overrides)
 
 
 def test_the_loss_is_ce_plus_both_teachers_logit_and_feature_distillation():

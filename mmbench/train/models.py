@@ -51,9 +51,14 @@ class SmallCNN(nn.Module):
             channels = out
         self.body = nn.Sequential(*layers)
         self.out_dim = channels
+        self.stage_widths = tuple(widths)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def stages(self) -> list[nn.Module]:
+        """The four conv blocks, in order (their composition is `forward_map`)."""
+        return [self.body[i:i + 3] for i in range(0, len(self.body), 3)]
 
 
 class ResNet18(nn.Module):
@@ -70,9 +75,14 @@ class ResNet18(nn.Module):
         self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
                                   net.layer1, net.layer2, net.layer3, net.layer4)
         self.out_dim = 512
+        self.stage_widths = (64, 128, 256, 512)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def stages(self) -> list[nn.Module]:
+        """The stem with layer1, then layer2, layer3 and layer4 (their composition is `forward_map`)."""
+        return [self.body[:5], self.body[5], self.body[6], self.body[7]]
 
 
 class Encoder(nn.Module):
@@ -86,9 +96,29 @@ class Encoder(nn.Module):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images, frames = self.fold(x)
+        return self.pool(self.backbone.forward_map(images), frames)
+
+    def fold(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(a batch of images, frames per sample): visual frames folded into the batch."""
         frames = x.shape[1] if x.ndim == 5 else 1
-        fmap = self.backbone.forward_map(x.flatten(0, x.ndim - 4).contiguous(memory_format=self.memory_format))
+        return x.flatten(0, x.ndim - 4).contiguous(memory_format=self.memory_format), frames
+
+    @staticmethod
+    def pool(fmap: torch.Tensor, frames: int) -> torch.Tensor:
+        """Per-sample features: the feature maps' mean over each sample's frames and positions."""
         return fmap.unflatten(0, (-1, frames)).mean(dim=(1, 3, 4))
+
+    def stages(self) -> list[nn.Module]:
+        """The backbone's stages in order (`backbone.stage_widths` channels out), for a model that runs the
+        encoder stage by stage, e.g. with fusion blocks between stages: fold, the stages, pool."""
+        return self.backbone.stages()
+
+    def record_pass(self, x: torch.Tensor, features: torch.Tensor) -> None:
+        """Tell the forward hooks (the cost counter) that this encoder turned `x` into `features`, as a call
+        does: for a model that ran it stage by stage instead of calling it."""
+        for hook in self._forward_hooks.values():
+            hook(self, (x,), features)
 
 
 def build_encoder(kind: str, in_channels: int, width: int) -> nn.Module:
