@@ -178,6 +178,7 @@ class Greedy(Method):
         "shared_average": "the release's second running average, of the first modality's gates",
     }
     modality_logits = "late-fusion"
+    check_suite = {"ci_seeds": 12}  # 6 CI seeds caught a 2 pp drop in 60 % of simulated CI runs (31 methods)
 
     def __init__(self, ctx: RunContext) -> None:
         super().__init__(ctx)

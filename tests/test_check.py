@@ -268,3 +268,12 @@ def test_check_finds_its_shipped_baseline_outside_the_repository(tmp_path):
                            "--out", "runs"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "unimodal" in done.stdout and "exact" in done.stdout
+
+
+def test_an_update_keeps_the_entries_whose_settings_did_not_change():
+    old = {"n_train": 1600, "arm.epochs": 20, "relearning.reinit_epoch": 3}
+    new = {"n_train": 1600, "arm.epochs": 20, "relearning.reinit_epoch": 4, "cggm.coeff_clip": 1.0}  # cggm is new
+    previous = {"arm": "A", "relearning": "R", "joint": "J", "cggm": "C"}
+    # cggm re-run; a new method's own setting leaves arm and joint alone; relearning's own setting changed
+    assert check.kept_entries(old, new, previous, ["cggm"]) == {"arm": "A", "joint": "J"}
+    assert check.kept_entries(old, {**new, "n_train": 800}, previous, ["cggm"]) == {}  # a shared setting: none

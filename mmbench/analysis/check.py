@@ -29,7 +29,7 @@ import json
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -264,6 +264,20 @@ def _null_console() -> Any:
 
 # --- what `mmbench check` prints and writes -------------------------------------------------------
 
+def settings_of(settings: dict[str, Any], method: str) -> dict[str, Any]:
+    """What of a suite's recorded settings applies to `method`: the shared ones and its own (`arm.epochs`)."""
+    return {k: v for k, v in settings.items() if "." not in k or k.startswith(f"{method}.")}
+
+
+def kept_entries(old_settings: dict[str, Any], new_settings: dict[str, Any], previous: dict[str, Any],
+                 rerun: Iterable[str]) -> dict[str, Any]:
+    """The baseline entries of methods not re-run whose settings are unchanged (another method's own setting,
+    e.g. a new method's, does not touch them)."""
+    rerun = set(rerun)
+    return {m: entry for m, entry in previous.items()
+            if m not in rerun and settings_of(old_settings, m) == settings_of(new_settings, m)}
+
+
 def write_baseline(folder: Path, suite: str, results: dict[str, list[SeedResult]],
                    configs: dict[str, list[RunConfig]], env: dict[str, str], console: Console) -> None:
     """Write the baseline of `mmbench check --update` (keeping the entries of methods not re-run when the
@@ -277,13 +291,13 @@ def write_baseline(folder: Path, suite: str, results: dict[str, list[SeedResult]
     except (OSError, ValueError, AttributeError):
         old, previous = None, {}
     payload = baseline_payload(suite, results, configs, env)
-    same_suite = old is not None and old.get("format") == FORMAT_VERSION and \
-        old.get("settings") == payload["settings"]
-    if same_suite:  # the methods not re-run keep their entries
-        payload["methods"] = {**{m: v for m, v in previous.items() if m not in results}, **payload["methods"]}
-    elif previous and set(previous) - set(results):
-        console.print("the suite's settings changed: methods not re-run now are dropped from the baseline "
-                      f"({', '.join(sorted(set(previous) - set(results)))})", markup=False)
+    same_format = old is not None and old.get("format") == FORMAT_VERSION
+    kept = kept_entries(old["settings"], payload["settings"], previous, results) if same_format else {}
+    payload["methods"] = {**kept, **payload["methods"]}
+    dropped = sorted(set(previous) - set(results) - set(kept))
+    if dropped:
+        console.print("the suite's settings changed for methods not re-run now; they are dropped from the baseline "
+                      f"({', '.join(dropped)})", markup=False)
     write_json(path, payload)
     console.print(f"wrote {path}", markup=False)
     for method, entry in payload["methods"].items():
