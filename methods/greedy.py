@@ -100,9 +100,8 @@ class GreedyModel(nn.Module):
             map_a, map_v = stage_a(map_a), stage_v(map_v)
             if str(i) in self.mmtm:
                 map_a, map_v = self.mmtm[str(i)](map_a, map_v, frames_a, frames_v, curation, self.shared_average)
-        feat_a, feat_v = Encoder.pool(map_a, frames_a), Encoder.pool(map_v, frames_v)
-        self.audio_encoder.record_pass(audio, feat_a)
-        self.visual_encoder.record_pass(visual, feat_v)
+        feat_a = self.audio_encoder.record_pass(audio, Encoder.pool(map_a, frames_a))
+        feat_v = self.visual_encoder.record_pass(visual, Encoder.pool(map_v, frames_v))
         logits_a, logits_v = self.head_a(feat_a), self.head_v(feat_v)
         return Outputs((logits_a + logits_v) / 2, logits_a, logits_v, feat_a, feat_v)
 

@@ -29,6 +29,19 @@ def test_an_encoders_stages_compose_to_its_forward_map(backbone):
     torch.testing.assert_close(y, backbone.forward_map(x))
 
 
+def test_a_stagewise_pass_runs_the_encoders_hooks_as_a_call_does():
+    encoder = Encoder(SmallCNN(1, 4))
+    seen = []
+    encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape) or out * 0)  # a feature mask
+    x = torch.randn(2, 1, 8, 8)
+    images, frames = encoder.fold(x)
+    for stage in encoder.stages():
+        images = stage(images)
+    features = encoder.record_pass(x, encoder.pool(images, frames))
+    assert torch.equal(features, torch.zeros(2, 16)) and torch.equal(encoder(x), features)
+    assert seen == [x.shape, x.shape]  # the cost counter's view: the input as a call passes it
+
+
 def test_mmtm_gates_by_hand():
     mmtm = MMTM(1, 2, ratio=3)  # hidden int(2 * 3 / 3) = 2
     with torch.no_grad():

@@ -114,11 +114,14 @@ class Encoder(nn.Module):
         encoder stage by stage, e.g. with fusion blocks between stages: fold, the stages, pool."""
         return self.backbone.stages()
 
-    def record_pass(self, x: torch.Tensor, features: torch.Tensor) -> None:
-        """Tell the forward hooks (the cost counter) that this encoder turned `x` into `features`, as a call
-        does: for a model that ran it stage by stage instead of calling it."""
+    def record_pass(self, x: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """For a model that ran this encoder stage by stage instead of calling it: run its forward hooks on
+        (`x`, `features`) as a call does (the cost counter, an epoch plan's feature masks) and return the
+        features they leave."""
         for hook in self._forward_hooks.values():
-            hook(self, (x,), features)
+            result = hook(self, (x,), features)
+            features = features if result is None else result
+        return features
 
 
 def build_encoder(kind: str, in_channels: int, width: int) -> nn.Module:
