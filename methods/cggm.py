@@ -125,6 +125,7 @@ class CGGM(Method):
         cfg = dataclasses.replace(ctx.cfg, lr=ctx.cfg.lr * self.hp["classifier_lr_ratio"],
                                   weight_decay=ctx.cfg.weight_decay * self.hp["classifier_wd_ratio"])
         self.classifier_optimizer, _ = build_optimizer(model.classifiers.parameters(), cfg)
+        self.model_parameters = self.parameters(model, ctx)  # what the clip bounds: all but the classifiers
         return {"classifiers": self.classifier_optimizer}
 
     def train_step(self, model: nn.Module, batch: Batch, optimizer: torch.optim.Optimizer,
@@ -162,7 +163,7 @@ class CGGM(Method):
                 if p.grad is not None:
                     p.grad.mul_((c * self.hp["rho"]).to(p.grad.dtype))
         if self.hp["clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters(model, ctx), self.hp["clip"])
+            torch.nn.utils.clip_grad_norm_(self.model_parameters, self.hp["clip"])
         ctx.log(cggm_coeff_a=coeff[0], cggm_coeff_v=coeff[1], cggm_reversed=(raw < 0).any().double(),
                 cggm_acc_a=accuracy[0], cggm_acc_v=accuracy[1])
         return out, loss

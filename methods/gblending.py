@@ -125,8 +125,8 @@ class GBlending(Method):
             if epoch in (0, self.hp["super_epoch"] - 1):
                 model.eval()
                 with torch.no_grad(), ctx.autocast():
-                    held_losses = [F.cross_entropy(model(b.audio, b.visual).logits.float(), b.y)
-                                   for b in map(lambda b: zero_other_modality(b, head), ctx.batches(held))]
+                    held_batches = (zero_other_modality(b, head) for b in ctx.batches(held))
+                    held_losses = [F.cross_entropy(model(b.audio, b.visual).logits.float(), b.y) for b in held_batches]
                 losses.append(torch.stack([reduce(torch.stack(train_losses)), reduce(torch.stack(held_losses))]))
         model.load_state_dict(saved)
         model.train(was_training)
